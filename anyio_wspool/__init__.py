@@ -1,0 +1,37 @@
+"""A pool of reusable WebSocket connections for asyncio, uvloop and trio.
+
+Built on AnyIO and httpx-ws: what the pool lends is an
+``httpx_ws.AsyncWebSocketSession``, so code written for httpx-ws keeps working.
+
+Examples:
+    Switching from ``aconnect_ws`` changes one line at each call site:
+
+        async with open_pool("wss://example.com/ws") as pool:
+            async with pool.connection() as ws:
+                await ws.send_text("hello")
+                print(await ws.receive_text())
+"""
+
+from __future__ import annotations
+
+from ._api import open_pool as open_pool
+from ._errors import PoolClosed as PoolClosed
+from ._errors import PoolError as PoolError
+from ._errors import PoolOverloaded as PoolOverloaded
+from ._errors import PoolTimeout as PoolTimeout
+from ._errors import PoolUnavailable as PoolUnavailable
+from ._pool import WebSocketPool as WebSocketPool
+from ._stats import PoolStats as PoolStats
+
+__all__ = (
+    "PoolClosed",
+    "PoolError",
+    "PoolOverloaded",
+    "PoolStats",
+    "PoolTimeout",
+    "PoolUnavailable",
+    "WebSocketPool",
+    "open_pool",
+)
+
+__version__ = "0.1.0"

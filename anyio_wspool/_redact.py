@@ -1,0 +1,126 @@
+"""Keeping secrets out of reprs, log records and error text (guarantee 9).
+
+Two tools: :func:`redact_url` masks the password and the query values of one
+URL, :func:`redact_text` does the same for every URL inside a longer text (an
+exception message, a traceback). :class:`HttpxLogRedactor` applies them to the
+records of the ``httpx`` logger, which writes every request's full URL at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import traceback
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+import httpx
+
+__all__ = ("describe_error", "install_httpx_redactor", "redact_text", "redact_url")
+
+MASK = "***"
+
+# scheme://anything-up-to-whitespace-or-quote; good enough to find URLs in text
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """Return ``url`` with its password and the value of each query item masked.
+
+    User names, hosts, paths and query *names* are kept, so that the text still
+    says where the pool connects. Text that does not parse as a URL is returned
+    with every ``:password@`` and ``=value`` masked, erring on the side of hiding.
+    """
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError on a malformed port)
+    except ValueError:
+        return re.sub(r"=[^&#\s]*", "=" + MASK, re.sub(r":[^:/@\s]*@", ":" + MASK + "@", text))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if sep else f"{user}@{hostport}"
+    query = parts.query
+    if query:
+        items = parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{quote(name, safe='')}={MASK}" for name, _ in items) if items else MASK
+    fragment = parts.fragment
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def redact_text(text: str) -> str:
+    """Mask the secrets of every URL found in ``text``."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def describe_error(exc: BaseException, *, with_traceback: bool = False) -> str:
+    """``Type: message`` of ``exc`` (and optionally its traceback), URLs redacted.
+
+    Used instead of ``exc_info=`` in the pool's log records, because a logging
+    handler would format the raw exception text, secrets included.
+    """
+    if with_traceback:
+        text = "".join(traceback.format_exception(exc))
+    else:
+        text = "".join(traceback.format_exception_only(exc)).strip()
+    return redact_text(text)
+
+
+class HttpxLogRedactor(logging.Filter):
+    """Masks URL secrets in the records of the ``httpx`` logger.
+
+    httpx logs ``HTTP Request: GET <full url> ...`` at INFO for every request,
+    a WebSocket upgrade included, with the URL's password and query (where
+    services put their API keys). While a pool is open this filter sits on that
+    logger and rewrites the URL arguments of each record before any handler
+    sees them; every other part of the record is left alone.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(
+                redact_url(arg) if isinstance(arg, httpx.URL) else arg for arg in args
+            )
+        if isinstance(record.msg, str) and "://" in record.msg:
+            record.msg = redact_text(record.msg)
+        return True
+
+
+_redactor = HttpxLogRedactor()
+_installed = 0
+_install_lock = threading.Lock()
+
+
+class _RedactorHandle:
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        self._done = False
+
+    def remove(self) -> None:
+        global _installed
+        if self._done:
+            return
+        self._done = True
+        with _install_lock:
+            _installed -= 1
+            if _installed == 0:
+                logging.getLogger("httpx").removeFilter(_redactor)
+
+
+def install_httpx_redactor() -> _RedactorHandle:
+    """Put the redacting filter on the ``httpx`` logger until the handle is removed.
+
+    Reference-counted, so that several pools (in several threads) share one filter.
+    """
+    global _installed
+    with _install_lock:
+        if _installed == 0:
+            logging.getLogger("httpx").addFilter(_redactor)
+        _installed += 1
+    return _RedactorHandle()

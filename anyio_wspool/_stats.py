@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("PoolStats",)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of a pool's gauges and counters.
+
+    Gauges say what the pool holds at the moment of the snapshot;
+    ``connecting + idle + in_use + draining + closing`` never exceeds
+    ``max_connections`` (a connection keeps its share of the capacity until its
+    socket is closed, so the server never sees more than ``max_connections``).
+    Counters count events since the pool was opened.
+    """
+
+    #: capacity: connections connecting, idle, lent, draining or closing, at most
+    max_connections: int
+    #: connections whose handshake is in progress
+    connecting: int
+    #: connections ready to be lent
+    idle: int
+    #: connections lent to a borrower
+    in_use: int
+    #: released connections whose stale server data is being drained
+    draining: int
+    #: connections whose closing handshake is in progress
+    closing: int
+    #: borrowers waiting for a connection
+    waiting: int
+    #: connections whose handshake succeeded
+    opened: int
+    #: opened connections that have been closed since
+    closed: int
+    #: connection attempts that failed (each attempt counts)
+    connect_failures: int
+    #: leases granted
+    acquired: int
+    #: leases that were given a connection lent before
+    reused: int
+    #: connections closed because of their borrower or their health (error in
+    #: the block, ``release(discard=True)``, found dead when lent or released)
+    discarded: int
+    #: borrowers that gave up after ``acquire_timeout``
+    acquire_timeouts: int
+    #: server messages read by the pool on idle or released connections
+    drained_messages: int
+
+
+PoolStats.__module__ = "anyio_wspool"
