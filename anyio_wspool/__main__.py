@@ -1,0 +1,3 @@
+from anyio_wspool._demo import main
+
+main()

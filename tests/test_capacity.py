@@ -1,0 +1,240 @@
+"""Capacity (guarantee 1), exclusivity (2), fairness (3) and acquire timeouts."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint
+from httpx_ws import AsyncWebSocketSession
+
+from anyio_wspool import PoolClosed, PoolStats, PoolTimeout, WebSocketPool, open_pool
+
+from ._wsserver import WSServer
+
+pytestmark = pytest.mark.anyio
+
+
+def assert_within_capacity(stats: PoolStats) -> None:
+    held = stats.connecting + stats.idle + stats.in_use + stats.draining + stats.closing
+    assert held <= stats.max_connections, stats
+
+
+async def test_fifty_borrowers_never_exceed_five_connections(ws_server: WSServer) -> None:
+    in_use: set[int] = set()
+    peak = 0
+
+    async with open_pool(ws_server.url, max_connections=5) as pool:
+
+        async def borrower(n: int) -> None:
+            nonlocal peak
+            for i in range(4):
+                async with pool.connection() as ws:
+                    assert id(ws) not in in_use, "a connection was lent to two borrowers"
+                    in_use.add(id(ws))
+                    peak = max(peak, len(in_use))
+                    assert_within_capacity(pool.stats)
+                    await ws.send_text(f"{n}.{i}")
+                    assert await ws.receive_text() == f"{n}.{i}"
+                    in_use.discard(id(ws))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(50):
+                tg.start_soon(borrower, n)
+        stats = pool.stats
+    assert ws_server.max_open <= 5
+    assert ws_server.handshakes == 5
+    assert peak == 5
+    assert stats.acquired == 200
+    assert stats.waiting == 0
+
+
+async def test_waiters_are_served_first_come_first_served(ws_server: WSServer) -> None:
+    order: list[int] = []
+    async with open_pool(ws_server.url, max_connections=1) as pool:
+        held = await pool.acquire()
+
+        async def borrower(n: int) -> None:
+            async with pool.connection():
+                order.append(n)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(10):
+                tg.start_soon(borrower, n)
+                await wait_all_tasks_blocked()
+            assert pool.stats.waiting == 10
+            await pool.release(held)
+    assert order == list(range(10))
+    assert ws_server.handshakes == 1
+
+
+async def test_a_newcomer_does_not_overtake_waiters(ws_server: WSServer) -> None:
+    order: list[str] = []
+    async with open_pool(ws_server.url, max_connections=1) as pool:
+        held = await pool.acquire()
+
+        async def borrower(name: str, *, task_status: TaskStatus[None]) -> None:
+            task_status.started()
+            async with pool.connection():
+                order.append(name)
+                await checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(borrower, "waiter")
+            await wait_all_tasks_blocked()
+            await pool.release(held)
+            # The connection is on its way to the waiter: a newcomer queues behind it.
+            async with pool.connection():
+                order.append("newcomer")
+    assert order == ["waiter", "newcomer"]
+
+
+async def test_acquire_timeout_raises_pool_timeout_with_context(ws_server: WSServer) -> None:
+    async with open_pool(ws_server.url, max_connections=1, acquire_timeout=0.05) as pool:
+        async with pool.connection():
+            with pytest.raises(PoolTimeout) as info:
+                async with pool.connection():
+                    pytest.fail("lent a second connection beyond capacity")
+        message = str(info.value)
+        assert "within 0.05 s" in message or "within 0.0" in message
+        assert "1 in use" in message and "max_connections=1" in message
+        assert isinstance(info.value, TimeoutError)
+        assert pool.stats.acquire_timeouts == 1
+        assert pool.stats.waiting == 0
+
+
+async def test_acquire_timeout_zero_fails_at_once_when_full(ws_server: WSServer) -> None:
+    async with open_pool(ws_server.url, max_connections=1, acquire_timeout=0) as pool:
+        async with pool.connection():
+            started = anyio.current_time()
+            with pytest.raises(PoolTimeout):
+                await pool.acquire()
+            assert anyio.current_time() - started < 1.0
+        # with capacity free, timeout 0 still opens a connection
+        async with pool.connection() as ws:
+            await ws.send_text("x")
+            assert await ws.receive_text() == "x"
+
+
+async def test_one_task_may_hold_several_leases(ws_server: WSServer) -> None:
+    async with open_pool(ws_server.url, max_connections=2, acquire_timeout=0) as pool:
+        async with pool.connection() as a, pool.connection() as b:
+            assert a is not b
+            for ws in (a, b):
+                await ws.send_text("x")
+                assert await ws.receive_text() == "x"
+            with pytest.raises(PoolTimeout):
+                async with pool.connection():
+                    pytest.fail("a third lease beyond max_connections=2")
+        assert pool.stats.idle == 2
+
+
+async def test_cancelled_waiter_leaves_no_trace(ws_server: WSServer) -> None:
+    async with open_pool(ws_server.url, max_connections=1) as pool:
+        held = await pool.acquire()
+        with anyio.CancelScope() as scope:
+
+            async def cancel_when_waiting() -> None:
+                await wait_all_tasks_blocked()
+                assert pool.stats.waiting == 1
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_when_waiting)
+                await pool.acquire()
+        assert scope.cancelled_caught
+        assert pool.stats.waiting == 0
+        await pool.release(held)
+        assert pool.stats.idle == 1
+        async with pool.connection() as ws:
+            assert ws is held
+
+
+async def test_waiter_cancelled_right_after_hand_over_loses_nothing(
+    ws_server: WSServer,
+) -> None:
+    async with open_pool(ws_server.url, max_connections=1) as pool:
+        held = await pool.acquire()
+        got: list[AsyncWebSocketSession] = []
+
+        async def second() -> None:
+            async with pool.connection() as ws:
+                await ws.send_text("x")
+                assert await ws.receive_text() == "x"
+                got.append(ws)
+
+        first_scope = anyio.CancelScope()
+
+        async def first() -> None:
+            with first_scope:
+                async with pool.connection():
+                    await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await wait_all_tasks_blocked()
+            tg.start_soon(second)  # queues behind the first waiter
+            await wait_all_tasks_blocked()
+            assert pool.stats.waiting == 2
+            # Hand the connection to the first waiter and cancel it before it runs:
+            # cancellation lands inside its block, which closes the connection,
+            # and the second waiter gets a new one.
+            await pool.release(held)
+            first_scope.cancel()
+        assert len(got) == 1 and got[0] is not held
+        stats = pool.stats
+        assert (stats.in_use, stats.waiting, stats.discarded, stats.opened) == (0, 0, 1, 2)
+
+
+async def test_close_while_waiting_raises_pool_closed(ws_server: WSServer) -> None:
+    errors: list[BaseException] = []
+    async with open_pool(ws_server.url, max_connections=1) as pool:
+        held = await pool.acquire()
+
+        async def waiter() -> None:
+            try:
+                await pool.acquire()
+            except PoolClosed as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(waiter)
+            await wait_all_tasks_blocked()
+            await pool.aclose()
+        await pool.release(held)  # a no-op once the pool is closed
+    assert len(errors) == 3
+    assert pool.is_closed
+    with pytest.raises(PoolClosed):
+        await pool.acquire()
+    await ws_server.wait_until(lambda: ws_server.open_connections == 0)
+
+
+async def test_max_connections_can_grow_and_shrink(ws_server: WSServer) -> None:
+    async with open_pool(ws_server.url, max_connections=1) as pool:
+        held = await pool.acquire()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.acquire)
+            await wait_all_tasks_blocked()
+            assert pool.stats.waiting == 1
+            pool.max_connections = 3  # the waiter gets a new connection
+        assert pool.stats.in_use == 2
+        pool.max_connections = 1
+        assert pool.max_connections == 1
+        await pool.release(held)  # over capacity: closed instead of kept
+        await ws_server.wait_until(lambda: ws_server.open_connections == 1)
+        assert_within_capacity(pool.stats) if pool.stats.in_use <= 1 else None
+        with pytest.raises(ValueError, match="max_connections"):
+            pool.max_connections = 0
+
+
+async def test_repr_shows_state_and_gauges(ws_server: WSServer) -> None:
+    pool: WebSocketPool[AsyncWebSocketSession] = open_pool(ws_server.url, max_connections=3)
+    assert "not started" in repr(pool)
+    async with pool:
+        async with pool.connection():
+            text = repr(pool)
+            assert "1 in use" in text and "0 idle" in text and "max_connections=3" in text
+        assert "1 idle" in repr(pool)
+    assert "closed" in repr(pool)
