@@ -98,7 +98,8 @@ async def test_acquire_timeout_raises_pool_timeout_with_context(ws_server: WSSer
                     pytest.fail("lent a second connection beyond capacity")
         message = str(info.value)
         assert "within 0.05 s" in message or "within 0.0" in message
-        assert "1 in use" in message and "max_connections=1" in message
+        assert "1 in use" in message
+        assert "max_connections=1" in message
         assert isinstance(info.value, TimeoutError)
         assert pool.stats.acquire_timeouts == 1
         assert pool.stats.waiting == 0
@@ -182,7 +183,8 @@ async def test_waiter_cancelled_right_after_hand_over_loses_nothing(
             # and the second waiter gets a new one.
             await pool.release(held)
             first_scope.cancel()
-        assert len(got) == 1 and got[0] is not held
+        assert len(got) == 1
+        assert got[0] is not held
         stats = pool.stats
         assert (stats.in_use, stats.waiting, stats.discarded, stats.opened) == (0, 0, 1, 2)
 
@@ -235,6 +237,8 @@ async def test_repr_shows_state_and_gauges(ws_server: WSServer) -> None:
     async with pool:
         async with pool.connection():
             text = repr(pool)
-            assert "1 in use" in text and "0 idle" in text and "max_connections=3" in text
+            assert "1 in use" in text
+            assert "0 idle" in text
+            assert "max_connections=3" in text
         assert "1 idle" in repr(pool)
     assert "closed" in repr(pool)

@@ -128,7 +128,8 @@ async def test_new_connection_always_opens_a_new_one(ws_server: WSServer) -> Non
             assert second is not first
         assert ws_server.handshakes == 2
         fresh = await pool.acquire_new()
-        assert fresh is not first and fresh is not second
+        assert fresh is not first
+        assert fresh is not second
         await pool.release(fresh)
         assert ws_server.handshakes == 3
 
@@ -140,7 +141,8 @@ async def test_new_connection_at_a_full_pool_closes_the_oldest_idle(ws_server: W
         await pool.release(a)  # a has waited longest
         await pool.release(b)
         async with pool.new_connection() as c:
-            assert c is not a and c is not b
+            assert c is not a
+            assert c is not b
             assert pool.stats.idle == 1
             async with pool.connection() as d:
                 assert d is b
