@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import anyio
 import httpx
 from anyio.abc import SocketStream
-from httpx_ws import aconnect_ws
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -142,7 +142,12 @@ async def run(tasks: int, round_trips: int, max_connections: int) -> None:
 
                 async def worker(n: int) -> None:
                     for i in range(round_trips):
-                        async with limit, aconnect_ws(server.url, client) as ws:
+                        async with (
+                            limit,
+                            aconnect_ws(
+                                server.url, client, session_class=AsyncWebSocketSession
+                            ) as ws,
+                        ):
                             await ws.send_text(f"{n}:{i}")
                             if await ws.receive_text() != f"{n}:{i}":
                                 raise RuntimeError("the echo did not match")
@@ -181,9 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--round-trips", type=int, default=100, help="round trips per task (default 100)"
     )
-    parser.add_argument(
-        "--max-connections", type=int, default=8, help="pool capacity (default 8)"
-    )
+    parser.add_argument("--max-connections", type=int, default=8, help="pool capacity (default 8)")
     args = parser.parse_args(argv)
     if not (1 <= args.tasks <= 1000 and 1 <= args.round_trips <= 10_000):
         parser.error("--tasks must be within 1..1000 and --round-trips within 1..10000")
@@ -193,7 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"anyio_wspool demo on {args.backend}")
     started = time.perf_counter()
     anyio.run(
-        run, args.tasks, args.round_trips, args.max_connections,
-        backend=backend, backend_options=options,
+        run,
+        args.tasks,
+        args.round_trips,
+        args.max_connections,
+        backend=backend,
+        backend_options=options,
     )
     print(f"done in {time.perf_counter() - started:.1f} s")

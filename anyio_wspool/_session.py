@@ -29,8 +29,8 @@ import contextlib
 import hashlib
 import math
 from collections import deque
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Self, TypeVar
 
 import anyio
 import httpcore
@@ -108,6 +108,8 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         self._terminal: HTTPXWSException | None = None
         self._sink: Sink | None = None
         self._on_dead: Callable[[], None] | None = None
+        self._reader_started = False
+        self._reader_done = anyio.Event()
 
     # -- the pool's side ----------------------------------------------------
 
@@ -225,54 +227,64 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             await self._inbox_ready.wait()
 
     async def _background_receive(self, max_bytes: int) -> None:
-        limit = self._max_message_size_bytes
-        parts: list[Any] = []
-        size = 0
         try:
-            while True:
-                data = await self.stream.read(max_bytes)
-                if not data:
-                    self._fail(WebSocketDisconnect(1006, "the server closed the socket"))
-                    return
-                self.connection.receive_data(data)
-                for event in self.connection.events():
-                    if isinstance(event, Message):
-                        parts.append(event.data)
-                        size += len(event.data)
-                        if size > limit:
-                            await self._close_now(1009, "message too big")
-                            self._fail(
-                                WebSocketDisconnect(
-                                    1009,
-                                    f"a message exceeded max_message_size_bytes={limit}",
-                                )
-                            )
-                            return
-                        if event.message_finished:
-                            payload = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
-                            parts.clear()
-                            size = 0
-                            message: Event = (
-                                TextMessage(data=payload)
-                                if isinstance(event, TextMessage)
-                                else BytesMessage(data=payload)
-                            )
-                            await self._deliver(message)
-                    elif isinstance(event, Ping):
-                        await self._write(self.connection.send(event.response()))
-                    elif isinstance(event, Pong):
-                        # RFC 6455 §5.5.3: an unsolicited Pong is to be ignored.
-                        with contextlib.suppress(KeyError):
-                            self._ping_manager.ack(event.payload)
-                    elif isinstance(event, CloseConnection):
-                        if self.connection.state is ConnectionState.REMOTE_CLOSING:
-                            await self._write(self.connection.send(event.response()))
-                        self._fail(WebSocketDisconnect(event.code, event.reason))
-                        return
+            await self._read_frames(max_bytes)
+            # The conversation is over (a close frame, or a message too big):
+            # keep reading until the peer closes the socket, so that our own
+            # close frame is flushed before the socket is torn down.
+            while await self.stream.read(max_bytes):
+                pass
         except (httpcore.ReadError, httpcore.WriteError, anyio.ClosedResourceError) as exc:
             self._fail(WebSocketNetworkError(f"the connection broke: {type(exc).__name__}"))
         except wsproto.utilities.RemoteProtocolError as exc:
             self._fail(WebSocketNetworkError(f"the server broke the protocol: {exc}"))
+        finally:
+            self._fail(WebSocketDisconnect(1006, "the server closed the socket"))
+            self._reader_done.set()
+
+    async def _read_frames(self, max_bytes: int) -> None:
+        limit = self._max_message_size_bytes
+        parts: list[Any] = []
+        size = 0
+        while True:
+            data = await self.stream.read(max_bytes)
+            if not data:
+                return
+            self.connection.receive_data(data)
+            for event in self.connection.events():
+                if isinstance(event, Message):
+                    parts.append(event.data)
+                    size += len(event.data)
+                    if size > limit:
+                        # httpx-ws's joiner has no limit; RFC 6455 §7.4.1: 1009.
+                        self._fail(
+                            WebSocketDisconnect(
+                                1009, f"a message exceeded max_message_size_bytes={limit}"
+                            )
+                        )
+                        await self._send_close_frame(1009, "message too big")
+                        return
+                    if event.message_finished:
+                        payload = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
+                        parts.clear()
+                        size = 0
+                        message: Event = (
+                            TextMessage(data=payload)
+                            if isinstance(event, TextMessage)
+                            else BytesMessage(data=payload)
+                        )
+                        await self._deliver(message)
+                elif isinstance(event, Ping):
+                    await self._write(self.connection.send(event.response()))
+                elif isinstance(event, Pong):
+                    # RFC 6455 §5.5.3: an unsolicited Pong is to be ignored.
+                    with contextlib.suppress(KeyError):
+                        self._ping_manager.ack(event.payload)
+                elif isinstance(event, CloseConnection):
+                    if self.connection.state is ConnectionState.REMOTE_CLOSING:
+                        await self._write(self.connection.send(event.response()))
+                    self._fail(WebSocketDisconnect(event.code, event.reason))
+                    return
 
     async def _background_keepalive_ping(
         self, interval_seconds: float, timeout_seconds: float | None = None
@@ -289,7 +301,7 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             self._fail(
                 WebSocketNetworkError(f"no answer to a keep-alive ping within {timeout_seconds} s")
             )
-            await self._close_now(1011, "keep-alive ping timeout")
+            await self.close(1011, "keep-alive ping timeout")
             return
 
     # -- sending and closing --------------------------------------------------
@@ -314,30 +326,58 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             await self._write(data)
         except (httpcore.WriteError, anyio.ClosedResourceError) as exc:
             self._fail(WebSocketNetworkError(f"the connection broke: {type(exc).__name__}"))
-            await self._close_now(1011, "write error")
+            with anyio.CancelScope(shield=True):
+                await self.close(1011, "write error")
             raise self._disconnect_error() from exc
 
-    async def _close_now(self, code: int, reason: str | None) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close(code, reason)
+    async def _send_close_frame(self, code: int, reason: str | None) -> None:
+        if self.connection.state in _CLOSED_STATES:
+            return
+        with contextlib.suppress(
+            httpcore.WriteError, anyio.ClosedResourceError, wsproto.utilities.LocalProtocolError
+        ):
+            await self._write(self.connection.send(CloseConnection(code, reason)))
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Close the session: the closing handshake, bounded by ``close_timeout``.
 
-        After ``close_timeout`` seconds (a peer that stopped reading, a lock held
-        by a stuck writer) the socket is aborted instead. Closing twice is a no-op.
+        Sends the close frame, waits for the server to answer it and to close
+        the socket, then closes the socket. After ``close_timeout`` seconds (a
+        peer that stopped reading, a lock held by a stuck writer) the socket is
+        aborted instead. Closing twice is a no-op.
         """
         self._should_close.set()
         with anyio.move_on_after(self.close_timeout) as scope:
-            if self.connection.state not in _CLOSED_STATES:
-                with contextlib.suppress(httpcore.WriteError, anyio.ClosedResourceError):
-                    await self._write(self.connection.send(CloseConnection(code, reason)))
+            await self._send_close_frame(code, reason)
+            if self._reader_started:
+                await self._reader_done.wait()
             await self.stream.aclose()
         if scope.cancelled_caught:
             await anyio.aclose_forcefully(self.stream)  # type: ignore[arg-type]
         if self._terminal is None:
             self._terminal = WebSocketDisconnect(code, reason)
             self._wake_readers()
+
+    @contextlib.asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[Self]:
+        # httpx-ws's own version cancels the reader before closing, so nobody
+        # reads the server's answer to the close frame; this one closes first.
+        self._background_task_group = anyio.create_task_group()
+        async with self._background_task_group as tg:
+            self._reader_started = True
+            tg.start_soon(self._background_receive, self._max_message_size_bytes)
+            if self._keepalive_ping_interval_seconds is not None:
+                tg.start_soon(
+                    self._background_keepalive_ping,
+                    self._keepalive_ping_interval_seconds,
+                    self._keepalive_ping_timeout_seconds,
+                )
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.close()
+                tg.cancel_scope.cancel()
 
 
 _hardened: dict[type[AsyncWebSocketSession], type[AsyncWebSocketSession]] = {

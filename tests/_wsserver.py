@@ -7,10 +7,12 @@ connection and ends every task, within a bounded time.
 
 Its behaviour is an echo server with faults that a test can switch on and off
 at any moment by setting attributes of the :class:`WSServer` (or by passing
-them to :func:`serve_ws`). Its counters are plain ints, updated synchronously
-*before* the bytes that make them true are sent, so that a client that has seen
-the effect of an event can rely on the counter; :meth:`WSServer.wait_until`
-waits for a condition on them without polling.
+them to :func:`serve_ws`). Its counters are plain ints, updated synchronously.
+Those of a handshake and of a message are updated *before* the server answers,
+so that a client that has its answer can rely on them; ``open_connections``
+drops only once the TCP connection is closed, which a client learns later
+than the server: wait for it with :meth:`WSServer.wait_until`, which checks a
+condition each time the server's state changes, without polling.
 
 Example::
 

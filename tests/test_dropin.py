@@ -20,7 +20,9 @@ async def test_echo_through_external_server_with_given_client(
     external_server: ExternalServer,
 ) -> None:
     async with httpx.AsyncClient(trust_env=False) as client:
-        async with aconnect_ws(external_server.url, client) as direct:
+        async with aconnect_ws(
+            external_server.url, client, session_class=AsyncWebSocketSession
+        ) as direct:
             await direct.send_text("direct")
             expected = await direct.receive_text()
         async with open_pool(external_server.url, client=client) as pool:

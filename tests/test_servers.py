@@ -30,10 +30,12 @@ pytestmark = pytest.mark.anyio
 @asynccontextmanager
 async def connect(url: str, **kwargs: Any) -> AsyncIterator[AsyncWebSocketSession]:
     """One httpx-ws session through its own client (no proxy from the environment)."""
-    async with httpx.AsyncClient(trust_env=False) as client:
-        async with aconnect_ws(url, client, **kwargs) as ws:
-            assert isinstance(ws, AsyncWebSocketSession)
-            yield ws
+    async with (
+        httpx.AsyncClient(trust_env=False) as client,
+        aconnect_ws(url, client, **kwargs) as ws,
+    ):
+        assert isinstance(ws, AsyncWebSocketSession)
+        yield ws
 
 
 class RawClient:
