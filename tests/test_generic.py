@@ -1,0 +1,186 @@
+"""The generic core: any resource opened by a connector (livekit's connect/close pair)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from anyio_wspool import PoolTimeout, open_pool
+
+pytestmark = pytest.mark.anyio
+
+
+class Resource:
+    """A fake resource that records what was done to it."""
+
+    _ids = itertools.count()
+
+    def __init__(self) -> None:
+        self.id = next(self._ids)
+        self.closed = False
+        self.owner_task: object = None
+
+
+class Connector:
+    """Counts openings and closings, and checks that one task opens and closes."""
+
+    def __init__(self, *, fail: int = 0) -> None:
+        self.opened: list[Resource] = []
+        self.closed: list[Resource] = []
+        self.fail = fail
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[Resource]:
+        await anyio.lowlevel.checkpoint()
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionRefusedError("the fake server refused")
+        resource = Resource()
+        resource.owner_task = anyio.get_current_task().id
+        self.opened.append(resource)
+        try:
+            yield resource
+        finally:
+            assert anyio.get_current_task().id == resource.owner_task
+            resource.closed = True
+            self.closed.append(resource)
+
+
+async def test_generic_connector_lends_and_reuses_a_resource() -> None:
+    connector = Connector()
+    async with open_pool(connect=connector, max_connections=2) as pool:
+        async with pool.connection() as first:
+            assert isinstance(first, Resource)
+        async with pool.connection() as second:
+            assert second is first
+        assert pool.uri is None
+        assert "connector" in repr(pool)
+    assert connector.opened == connector.closed == [first]
+    assert first.closed
+
+
+async def test_connect_and_close_pair() -> None:
+    closed: list[Resource] = []
+
+    async def connect() -> Resource:
+        await anyio.lowlevel.checkpoint()
+        return Resource()
+
+    async def close(resource: Resource) -> None:
+        await anyio.lowlevel.checkpoint()
+        resource.closed = True
+        closed.append(resource)
+
+    async with open_pool(connect=connect, close=close) as pool:
+        async with pool.connection() as a, pool.connection() as b:
+            assert a is not b
+        assert pool.stats.idle == 2
+    assert sorted(r.id for r in closed) == sorted([a.id, b.id])
+
+
+async def test_connector_error_reaches_the_borrower_with_its_type() -> None:
+    connector = Connector(fail=1)
+    async with open_pool(connect=connector) as pool:
+        with pytest.raises(ConnectionRefusedError, match="refused"):
+            await pool.acquire()
+        assert pool.stats.connect_failures == 1
+        async with pool.connection() as resource:
+            assert not resource.closed
+
+
+async def test_connector_that_returns_no_context_manager_is_reported() -> None:
+    async with open_pool(connect=lambda: 42) as pool:  # type: ignore[arg-type, return-value]
+        with pytest.raises(TypeError, match="async context manager"):
+            await pool.acquire()
+
+
+async def test_slow_connector_is_bounded_by_connect_timeout() -> None:
+    @asynccontextmanager
+    async def never() -> AsyncIterator[Resource]:
+        await anyio.sleep_forever()
+        yield Resource()  # pragma: no cover
+
+    async with open_pool(connect=never, connect_timeout=0.05) as pool:
+        with pytest.raises(TimeoutError, match="took longer than") as info:
+            await pool.acquire()
+        assert not isinstance(info.value, PoolTimeout)
+        assert pool.stats.acquire_timeouts == 0  # a connect timeout, not a PoolTimeout
+
+
+async def test_close_callback_is_bounded_and_runs_on_cancellation() -> None:
+    closed: list[Resource] = []
+
+    async def connect() -> Resource:
+        return Resource()
+
+    async def slow_close(resource: Resource) -> None:
+        closed.append(resource)
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        async with open_pool(connect=connect, close=slow_close, close_timeout=0.05) as pool:
+            async with pool.connection():
+                pass
+    assert len(closed) == 1
+
+
+async def test_capacity_bounds_a_generic_pool_too() -> None:
+    connector = Connector()
+    peak = 0
+    active = 0
+    async with open_pool(connect=connector, max_connections=3) as pool:
+
+        async def borrower() -> None:
+            nonlocal peak, active
+            async with pool.connection():
+                active += 1
+                peak = max(peak, active)
+                await anyio.lowlevel.checkpoint()
+                active -= 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(borrower)
+    assert peak <= 3
+    assert len(connector.opened) <= 3
+    assert {r.id for r in connector.closed} == {r.id for r in connector.opened}
+
+
+async def test_many_waiters_share_failures_without_a_storm() -> None:
+    # 20 borrowers, a server that refuses everything: the connection attempts
+    # in flight never exceed the capacity, and every borrower gets the error.
+    attempts_in_flight = 0
+    peak = 0
+
+    @asynccontextmanager
+    async def refused() -> AsyncIterator[Resource]:
+        nonlocal attempts_in_flight, peak
+        attempts_in_flight += 1
+        peak = max(peak, attempts_in_flight)
+        try:
+            await wait_all_tasks_blocked()
+            raise ConnectionRefusedError("down")
+        finally:
+            attempts_in_flight -= 1
+        yield Resource()  # pragma: no cover
+
+    errors: list[BaseException] = []
+    async with open_pool(connect=refused, max_connections=4) as pool:
+
+        async def borrower() -> None:
+            try:
+                await pool.acquire()
+            except ConnectionRefusedError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(borrower)
+        assert pool.stats.waiting == 0
+    assert len(errors) == 20
+    assert peak <= 4
