@@ -74,7 +74,7 @@ def test_bad_option_is_refused_naming_it(
 )
 def test_option_not_built_yet_is_refused_not_ignored(option: str) -> None:
     with pytest.raises(NotImplementedError, match=option):
-        open_pool(URL, **{option: 1})
+        open_pool(URL, **{option: 1})  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(
@@ -126,5 +126,5 @@ def test_httpx_ws_options_do_not_apply_to_a_generic_pool() -> None:
 
 
 def test_client_must_be_an_httpx_async_client() -> None:
-    with httpx.Client() as sync_client, pytest.raises(TypeError, match="httpx.AsyncClient"):
-        open_pool(URL, client=sync_client)  # type: ignore[arg-type]
+    with httpx.Client() as sync_client, pytest.raises(TypeError, match=r"httpx\.AsyncClient"):
+        open_pool(URL, client=sync_client)  # type: ignore[call-overload]

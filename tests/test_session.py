@@ -43,8 +43,9 @@ async def test_idle_connection_is_read_and_its_messages_counted(ws_server: WSSer
 async def test_idle_connection_with_unread_messages_keeps_answering_keepalive(
     ws_server: WSServer,
 ) -> None:
-    options = {"keepalive_ping_interval_seconds": 0.02, "keepalive_ping_timeout_seconds": 0.5}
-    async with open_pool(ws_server.url, **options) as pool:  # type: ignore[arg-type]
+    async with open_pool(
+        ws_server.url, keepalive_ping_interval_seconds=0.02, keepalive_ping_timeout_seconds=0.5
+    ) as pool:
         async with pool.connection() as first:
             pass
         for i in range(3):
