@@ -188,3 +188,35 @@ async def test_many_waiters_share_failures_without_a_storm() -> None:
         assert pool.stats.waiting == 0
     assert len(errors) == 20
     assert peak <= 4
+
+
+async def test_a_resource_that_dies_in_the_background_is_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Like an httpx-ws session whose reader task crashes: the resource's own
+    # task group raises into the task hosting it.
+    crash = anyio.Event()
+
+    @asynccontextmanager
+    async def fragile() -> AsyncIterator[Resource]:
+        async def background() -> None:
+            await crash.wait()
+            raise KeyError("the reader crashed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(background)
+            yield Resource()
+            tg.cancel_scope.cancel()
+
+    async with open_pool(connect=fragile, max_connections=2) as pool:
+        async with pool.connection() as first:
+            pass
+        crash.set()
+        with anyio.fail_after(5):
+            while pool.stats.idle:
+                await wait_all_tasks_blocked()
+        assert pool.stats.closed == 1
+        crash = anyio.Event()  # the next resource does not crash
+        async with pool.connection() as second:
+            assert second is not first
+    assert any("failed in the background" in r.getMessage() for r in caplog.records)
