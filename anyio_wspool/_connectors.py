@@ -16,12 +16,24 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import httpx
-from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from httpx_ws import (
+    AsyncWebSocketSession,
+    WebSocketDisconnect,
+    WebSocketNetworkError,
+    aconnect_ws,
+)
 
 from ._redact import redact_url
 from ._session import PooledWebSocketSession, Sink, hardened_session_class
 
-__all__ = ("GenericOps", "HttpxWsOps", "ResourceOps", "check_uri", "client_connection_limit")
+__all__ = (
+    "GenericOps",
+    "HttpxWsOps",
+    "ResourceOps",
+    "check_uri",
+    "client_connection_limit",
+    "is_transient",
+)
 
 R = TypeVar("R")
 
@@ -52,6 +64,10 @@ class ResourceOps(Generic[R]):
 
     def unpark(self, resource: R) -> None:
         """The resource is about to be lent."""
+
+    async def ping(self, resource: R) -> None:
+        """Return when the resource answered a ping (``check_on_acquire``)."""
+        raise NotImplementedError
 
 
 class GenericOps(ResourceOps[R]):
@@ -163,3 +179,28 @@ class HttpxWsOps(ResourceOps[AsyncWebSocketSession]):
 
     def unpark(self, resource: AsyncWebSocketSession) -> None:
         resource.pool_unpark()  # type: ignore[attr-defined]
+
+    async def ping(self, resource: AsyncWebSocketSession) -> None:
+        pong = await resource.ping()
+        await pong.wait()
+
+
+#: close codes after which a new connection may succeed (RFC 6455 §7.4.1)
+_RETRYABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed connection attempt is worth another try.
+
+    Network failures, timeouts and a 5xx answer to the upgrade are; a 4xx answer
+    (refused, unauthorised, not found), a bad URL or a programming error are not.
+    """
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return status >= 500
+    if isinstance(error, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return False
+    if isinstance(error, WebSocketDisconnect):
+        return error.code in _RETRYABLE_CLOSE_CODES
+    return isinstance(error, OSError | TimeoutError | httpx.TransportError | WebSocketNetworkError)

@@ -17,16 +17,6 @@ __all__ = ("Config", "PoolOptions", "WsOptions", "parse_options")
 #: options of SPEC.md that a later version implements: refused until they work
 NOT_YET_BUILT = frozenset(
     {
-        "min_connections",
-        "connect_attempts",
-        "retry_backoff",
-        "retry_backoff_max",
-        "idle_timeout",
-        "max_lifetime",
-        "refresh_on_acquire",
-        "cleanup_interval",
-        "on_connect",
-        "check_on_acquire",
         "drain_on_release",
         "drain_timeout",
         "drain_quiet_period",
@@ -68,8 +58,18 @@ class PoolOptions(TypedDict, total=False):
     """The pool's own options (SPEC.md, "open_pool"), for type checkers."""
 
     max_connections: int
+    min_connections: int
     acquire_timeout: float | None
     connect_timeout: float
+    connect_attempts: int
+    retry_backoff: float
+    retry_backoff_max: float
+    idle_timeout: float | None
+    max_lifetime: float | None
+    refresh_on_acquire: bool
+    cleanup_interval: float
+    check_on_acquire: bool
+    on_connect: Callable[[Any], Awaitable[object]] | None
     close_timeout: float
 
 
@@ -94,8 +94,18 @@ class WsOptions(PoolOptions, total=False):
 @dataclass(frozen=True, slots=True)
 class Config:
     max_connections: int = 50
+    min_connections: int = 0
     acquire_timeout: float | None = 30.0
     connect_timeout: float = 10.0
+    connect_attempts: int = 3
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 10.0
+    idle_timeout: float | None = 60.0
+    max_lifetime: float | None = None
+    refresh_on_acquire: bool = False
+    cleanup_interval: float = 5.0
+    check_on_acquire: bool = False
+    on_connect: Callable[[Any], Awaitable[object]] | None = None
     close_timeout: float = 5.0
     #: httpx-ws keywords, validated, as given
     ws: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +137,12 @@ def check_seconds(
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
     return seconds
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 def check_callable(name: str, value: object, *, allow_none: bool = True) -> Any:
@@ -170,16 +186,37 @@ def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
                     "a uri, not to one given connect=; configure your connector instead"
                 )
             ws[name] = _check_ws_option(name, value)
-        elif name == "max_connections":
+        elif name == "max_connections" or name == "connect_attempts":
             pool[name] = check_int(name, value, minimum=1)
+        elif name == "min_connections":
+            pool[name] = check_int(name, value, minimum=0)
         elif name == "acquire_timeout":
             pool[name] = check_seconds(name, value, allow_none=True, allow_zero=True)
-        elif name in {"connect_timeout", "close_timeout"}:
+        elif name in {"connect_timeout", "close_timeout", "retry_backoff_max", "cleanup_interval"}:
             pool[name] = check_seconds(name, value)
+        elif name == "retry_backoff":
+            pool[name] = check_seconds(name, value, allow_zero=True)
+        elif name in {"idle_timeout", "max_lifetime"}:
+            pool[name] = check_seconds(name, value, allow_none=True)
+        elif name in {"refresh_on_acquire", "check_on_acquire"}:
+            pool[name] = check_bool(name, value)
+        elif name == "on_connect":
+            pool[name] = check_callable(name, value)
         else:
             # the value is not shown: an unknown keyword may well be a secret
             raise TypeError(f"open_pool() got an unexpected option {name!r}")
-    return Config(**pool, ws=ws)
+    config = Config(**pool, ws=ws)
+    if config.min_connections > config.max_connections:
+        raise ValueError(
+            f"min_connections={config.min_connections} is more than "
+            f"max_connections={config.max_connections}"
+        )
+    if config.check_on_acquire and not websocket:
+        raise TypeError(
+            "check_on_acquire=True pings a WebSocket before lending it: it applies to a pool "
+            "given a uri, not to one given connect="
+        )
+    return config
 
 
 ConnectCallable = Callable[[], Any]

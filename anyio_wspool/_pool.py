@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -40,9 +41,17 @@ from ._connectors import (
     ResourceOps,
     check_uri,
     client_connection_limit,
+    is_transient,
 )
 from ._errors import PoolClosed, PoolError, PoolTimeout
-from ._options import PoolOptions, WsOptions, check_callable, check_int, parse_options
+from ._options import (
+    PoolOptions,
+    WsOptions,
+    check_callable,
+    check_int,
+    check_seconds,
+    parse_options,
+)
 from ._redact import describe_error, install_httpx_redactor
 from ._stats import PoolStats
 
@@ -69,8 +78,13 @@ class _Conn(Generic[R]):
     """One connection: its state and what its host task needs."""
 
     __slots__ = (
+        "delay",
+        "expires_at",
+        "generation",
+        "idle_since",
         "lease",
         "lent_before",
+        "lifetime",
         "opened",
         "reason",
         "resource",
@@ -79,8 +93,16 @@ class _Conn(Generic[R]):
         "wake",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int, delay: float = 0.0) -> None:
         self.state = _CONNECTING
+        #: the pool's generation when this connection was started (see invalidate())
+        self.generation = generation
+        #: seconds to wait before the first attempt (background replacements back off)
+        self.delay = delay
+        #: drawn once, 90-100 % of max_lifetime; the deadline it gives
+        self.lifetime = math.inf
+        self.expires_at = math.inf
+        self.idle_since = 0.0
         self.resource: R | None = None
         self.opened = False
         self.lent_before = False
@@ -251,6 +273,16 @@ class WebSocketPool(Generic[R]):
         self._all_closed: anyio.Event | None = None
         self._redactor: Any = None
         self._sink = self._on_idle_message
+        self._rng = random.Random()
+        #: bumped by invalidate(): connections of an older generation are not lent again
+        self._generation = 0
+        #: delay before the next background (re)connection, after failures
+        self._warm_delay = 0.0
+        self._last_connect_error: Exception | None = None
+        #: woken whenever a connection opens or the pool closes (wait_ready)
+        self._state_waiter: anyio.Event | None = None
+        #: the scope of the pool's own service tasks (the sweep)
+        self._service_scope = anyio.CancelScope()
         # counters
         self._opened = 0
         self._closed = 0
@@ -322,6 +354,50 @@ class WebSocketPool(Generic[R]):
                 "not lend, or that was released already"
             )
         self._give_back(conn, discard=discard, reason="discarded" if discard else "")
+
+    def prewarm(self, n: int = 1) -> None:
+        """Open connections in the background, without waiting, until ``n`` are idle.
+
+        Counts the connections already being opened; stops at capacity; does
+        nothing when ``n`` connections are already idle. Failures are logged.
+        """
+        n = check_int("n", n, minimum=0)
+        self._check_open()
+        self._grow(prewarm=n)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until ``min_connections`` connections are open.
+
+        Raises:
+            PoolTimeout: not ready within ``timeout`` seconds (the last
+                connection error, if any, is its ``__cause__``).
+            PoolClosed: the pool is or got closed.
+        """
+        limit = check_seconds("timeout", timeout, allow_none=True, allow_zero=True)
+        self._check_open()
+        with anyio.move_on_after(math.inf if limit is None else limit):
+            while self._open_count() < min(self._config.min_connections, self.max_connections):
+                if self._state_waiter is None:
+                    self._state_waiter = anyio.Event()
+                await self._state_waiter.wait()
+                self._check_open()
+            return
+        raise PoolTimeout(
+            f"{self._open_count()} of min_connections={self._config.min_connections} "
+            f"connections to {self._ops.target} were open after {limit} s"
+        ) from self._last_connect_error
+
+    def invalidate(self) -> None:
+        """Close every idle connection now, and every lent one when it comes back.
+
+        Later borrowers get new connections (and ``min_connections`` are
+        reopened). Use it when what the connections were opened with (a token,
+        a server address behind DNS) is no longer right.
+        """
+        self._generation += 1
+        for conn in list(self._idle):
+            self._retire(conn, "invalidated")
+        self._grow()
 
     @property
     def max_connections(self) -> int:
@@ -411,6 +487,10 @@ class WebSocketPool(Generic[R]):
             await self._close_client()
             self._redactor.remove()
             raise
+        config = self._config
+        if config.idle_timeout is not None or config.max_lifetime is not None:
+            self._tg.start_soon(self._sweep_forever, name="anyio_wspool sweep")
+        self._grow()  # min_connections
         return self
 
     async def __aexit__(
@@ -443,6 +523,8 @@ class WebSocketPool(Generic[R]):
         """
         if not self._closing:
             self._closing = True
+            self._service_scope.cancel()
+            self._notify()
             waiters = list(self._waiters)
             self._waiters.clear()
             for waiter in waiters:
@@ -464,25 +546,70 @@ class WebSocketPool(Generic[R]):
 
     # -- lending --------------------------------------------------------------------
 
-    async def _acquire(self, fresh: bool) -> _Conn[R]:
-        await anyio.lowlevel.checkpoint_if_cancelled()
+    def _check_open(self) -> None:
         if self._closing or not self._entered:
             raise PoolClosed(
                 "the pool is closed"
                 if self._closing
                 else "the pool is not open yet: use `async with open_pool(...) as pool`"
             )
-        if not fresh and not self._waiters:
-            idle = self._idle
-            ops = self._ops
-            while idle:
-                conn, _ = idle.popitem()  # the most recently used: hot, likely alive
-                if ops.usable(conn.resource):  # type: ignore[arg-type]
-                    self._lend(conn)
-                    self._count_lease(conn)
-                    return conn
-                self._retire(conn, "server_closed", discarded=True)
+
+    async def _acquire(self, fresh: bool) -> _Conn[R]:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if not fresh:
+            while not self._waiters:
+                conn = self._take_idle()
+                if conn is None:
+                    break
+                if self._config.check_on_acquire and not await self._answers_ping(conn):
+                    continue
+                self._count_lease(conn)
+                return conn
         return await self._wait(fresh)
+
+    def _take_idle(self) -> _Conn[R] | None:
+        """Lend the most recently used healthy idle connection, retiring unfit ones."""
+        idle = self._idle
+        while idle:
+            conn, _ = idle.popitem()  # the most recently used: hot, likely alive
+            reason = self._unfit(conn)
+            if not reason:
+                self._lend(conn)
+                return conn
+            self._retire(conn, reason, discarded=reason == "server_closed")
+        return None
+
+    def _unfit(self, conn: _Conn[R]) -> str:
+        """Why ``conn`` must not be lent (guarantee 4), or ``""``."""
+        if not self._ops.usable(conn.resource):  # type: ignore[arg-type]
+            return "server_closed"
+        if conn.expires_at != math.inf and anyio.current_time() >= conn.expires_at:
+            return "expired"
+        if conn.generation != self._generation:
+            return "invalidated"
+        return ""
+
+    async def _answers_ping(self, conn: _Conn[R]) -> bool:
+        """``check_on_acquire``: ping a lent connection; retire it if no pong comes in time."""
+        failure: BaseException | None = None
+        try:
+            with anyio.move_on_after(self._config.connect_timeout) as scope:
+                await self._ops.ping(conn.resource)  # type: ignore[arg-type]
+        except Exception as exc:
+            failure = exc
+        except BaseException:
+            self._give_back(conn, discard=True, reason="ping_failed")
+            raise
+        if failure is None and not scope.cancelled_caught:
+            return True
+        logger.info(
+            "an idle connection to %s did not answer a ping%s; replacing it",
+            self._ops.target,
+            "" if failure is None else f" ({describe_error(failure)})",
+        )
+        self._give_back(conn, discard=True, reason="ping_failed")
+        return False
 
     async def _wait(self, fresh: bool) -> _Conn[R]:
         timeout = self._config.acquire_timeout
@@ -530,6 +657,8 @@ class WebSocketPool(Generic[R]):
 
     def _lend(self, conn: _Conn[R]) -> None:
         self._set_state(conn, _LENT)
+        if self._config.refresh_on_acquire and conn.lifetime != math.inf:
+            conn.expires_at = anyio.current_time() + conn.lifetime
         conn.lease += 1
         resource = conn.resource
         self._lent[id(resource)] = conn
@@ -550,8 +679,8 @@ class WebSocketPool(Generic[R]):
             self._retire(conn, reason, discarded=True)
         elif self._closing:
             self._retire(conn, "pool_closed")
-        elif not self._ops.usable(conn.resource):  # type: ignore[arg-type]
-            self._retire(conn, "server_closed", discarded=True)
+        elif reason := self._unfit(conn):
+            self._retire(conn, reason, discarded=reason == "server_closed")
         else:
             self._put_back(conn)
 
@@ -574,6 +703,8 @@ class WebSocketPool(Generic[R]):
             waiter.event.set()
             return
         self._set_state(conn, _IDLE)
+        if self._config.idle_timeout is not None:
+            conn.idle_since = anyio.current_time()
         self._idle[conn] = None
         self._drained_messages += self._ops.park(conn.resource, self._sink)  # type: ignore[arg-type]
 
@@ -593,32 +724,52 @@ class WebSocketPool(Generic[R]):
 
     # -- capacity and connections ---------------------------------------------------------
 
+    def _open_count(self) -> int:
+        counts = self._counts
+        return counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
+
+    def _notify(self) -> None:
+        waiter = self._state_waiter
+        if waiter is not None:
+            self._state_waiter = None
+            waiter.set()
+
     def _set_state(self, conn: _Conn[R], state: _State) -> None:
         counts = self._counts
         counts[conn.state] -= 1
         counts[state] += 1
         conn.state = state
 
-    def _grow(self) -> None:
-        """Open connections for the waiters that no connection being opened will serve."""
+    def _grow(self, prewarm: int = 0) -> None:
+        """Open the connections that are needed and that capacity allows.
+
+        Needed: one for each waiter that no connection being opened will serve,
+        enough to keep ``min_connections`` open, and what :meth:`prewarm` asked.
+        """
         if self._closing or self._tg is None:
             return
         counts = self._counts
-        uncovered = len(self._waiters) - counts[_CONNECTING]
+        connecting = counts[_CONNECTING]
+        live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
+        for_waiters = len(self._waiters) - connecting
+        for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
+        uncovered = max(for_waiters, for_others)
         while uncovered > 0:
-            conn: _Conn[R] = _Conn()
+            # Background openings back off after failures; borrowers never wait.
+            conn: _Conn[R] = _Conn(self._generation, 0.0 if for_waiters > 0 else self._warm_delay)
             try:
                 self._limiter.acquire_on_behalf_of_nowait(conn)
             except anyio.WouldBlock:
                 break
             self._start(conn)
             uncovered -= 1
+            for_waiters -= 1
         # A full pool: borrowers that asked for a new connection get room by
         # closing the idle connections that waited longest.
-        uncovered -= counts[_CLOSING]
-        while uncovered > 0 and self._idle and next(iter(self._waiters)).fresh:
+        for_waiters -= counts[_CLOSING]
+        while for_waiters > 0 and self._idle and next(iter(self._waiters)).fresh:
             self._retire(next(iter(self._idle)), "make_room")
-            uncovered -= 1
+            for_waiters -= 1
 
     def _start(self, conn: _Conn[R]) -> None:
         counts = self._counts
@@ -647,6 +798,32 @@ class WebSocketPool(Generic[R]):
         if conn.state is _IDLE:
             self._retire(conn, "server_closed")
 
+    async def _sweep_forever(self) -> None:
+        with self._service_scope:
+            while True:
+                await anyio.sleep(self._config.cleanup_interval)
+                self._sweep()
+
+    def _sweep(self) -> None:
+        """Retire idle connections that are dead, expired, or idle for too long.
+
+        Looks at idle connections only (oldest first): its cost does not grow
+        with the number of lent ones, and lending never pays for it. Idleness
+        never takes the pool below ``min_connections``.
+        """
+        idle_timeout = self._config.idle_timeout
+        now = anyio.current_time()
+        for conn in list(self._idle):
+            reason = self._unfit(conn)
+            if reason:
+                self._retire(conn, reason, discarded=reason == "server_closed")
+            elif (
+                idle_timeout is not None
+                and now - conn.idle_since >= idle_timeout
+                and self._open_count() > self._config.min_connections
+            ):
+                self._retire(conn, "idle")
+
     async def _host(self, conn: _Conn[R]) -> None:
         """The task that owns one connection, from handshake to close."""
         try:
@@ -656,54 +833,110 @@ class WebSocketPool(Generic[R]):
 
     async def _run(self, conn: _Conn[R]) -> None:
         config = self._config
-        scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
-        conn.scope = scope
-        try:
-            with scope:
-                async with self._ops.open() as resource:
-                    # Connected: the deadline now only bounds the close.
-                    scope.deadline = math.inf
-                    self._connected(conn, resource)
-                    await conn.wake.wait()
-                    scope.deadline = anyio.current_time() + config.close_timeout
-        except Exception as exc:
-            if conn.opened:
-                logger.warning(
-                    "a connection to %s failed in the background and was closed: %s",
+        error: Exception | None = None
+        attempt = 0
+        # Retiring a connection that is still connecting cancels this scope.
+        with anyio.CancelScope() as outer:
+            conn.scope = outer
+            if conn.delay:
+                await anyio.sleep(conn.delay)
+            while True:
+                attempt += 1
+                scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
+                try:
+                    with scope:
+                        async with self._ops.open() as resource:
+                            if config.on_connect is not None:
+                                await config.on_connect(resource)
+                            # Connected: the deadline now only bounds the close.
+                            scope.deadline = math.inf
+                            self._connected(conn, resource)
+                            await conn.wake.wait()
+                            scope.deadline = anyio.current_time() + config.close_timeout
+                except Exception as exc:
+                    if conn.opened:
+                        logger.warning(
+                            "a connection to %s failed in the background and was closed: %s",
+                            self._ops.target,
+                            describe_error(exc, with_traceback=True),
+                        )
+                        self._retire(conn, "error")
+                        return
+                    error = exc
+                else:
+                    if conn.opened:
+                        return
+                    error = self._ops.connect_timeout_error(config.connect_timeout)
+                self._connect_failures += 1
+                if attempt >= config.connect_attempts or not is_transient(error):
+                    break
+                delay = self._backoff(attempt)
+                logger.info(
+                    "connection attempt %d of %d to %s failed (%s); retrying in %.2f s",
+                    attempt,
+                    config.connect_attempts,
                     self._ops.target,
-                    describe_error(exc, with_traceback=True),
+                    describe_error(error),
+                    delay,
                 )
-                self._retire(conn, "error")
-            else:
-                self._connect_failed(conn, exc)
-            return
-        if not conn.opened and scope.cancelled_caught and conn.state is _CONNECTING:
-            self._connect_failed(conn, self._ops.connect_timeout_error(config.connect_timeout))
+                await anyio.sleep(delay)
+        if outer.cancelled_caught or error is None:
+            return  # retired while connecting: the pool is closing or invalidated
+        if is_transient(error):
+            error.add_note(
+                f"anyio_wspool: {attempt} attempt(s) to connect to {self._ops.target} failed"
+            )
+        else:
+            error.add_note(
+                f"anyio_wspool: connecting to {self._ops.target} failed after {attempt} "
+                "attempt(s); this error is not retried"
+            )
+        self._connect_failed(conn, error)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential back-off with full jitter, capped at ``retry_backoff_max``."""
+        config = self._config
+        cap = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempt - 1))
+        return self._rng.uniform(0.0, cap)
 
     def _connected(self, conn: _Conn[R], resource: R) -> None:
+        config = self._config
         conn.resource = resource
         conn.opened = True
         self._opened += 1
-        self._ops.attach(resource, lambda: self._on_dead(conn), self._config.close_timeout)
+        self._warm_delay = 0.0
+        if config.max_lifetime is not None:
+            # Jitter, so that connections opened together do not all expire together.
+            conn.lifetime = self._rng.uniform(0.9, 1.0) * config.max_lifetime
+            conn.expires_at = anyio.current_time() + conn.lifetime
+        self._ops.attach(resource, lambda: self._on_dead(conn), config.close_timeout)
         if conn.state is not _CONNECTING:  # retired meanwhile (the pool is closing)
             return
         if self._closing:
             self._retire(conn, "pool_closed")
-            return
-        self._put_back(conn)
+        elif conn.generation != self._generation:
+            self._retire(conn, "invalidated")
+        else:
+            self._put_back(conn)
+        self._notify()
 
     def _connect_failed(self, conn: _Conn[R], error: Exception) -> None:
         if conn.state is _CONNECTING:
             self._set_state(conn, _CLOSING)
         if self._closing:
             return
-        self._connect_failures += 1
+        self._last_connect_error = error
         if self._waiters:
             waiter = next(iter(self._waiters))
             del self._waiters[waiter]
             waiter.error = error
             waiter.event.set()
         else:
+            # Nobody asked for this one (warm-up, replacement): back off before the next.
+            self._warm_delay = min(
+                self._config.retry_backoff_max,
+                max(self._config.retry_backoff, 2 * self._warm_delay),
+            )
             logger.warning(
                 "could not open a connection to %s: %s",
                 self._ops.target,

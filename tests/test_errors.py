@@ -143,15 +143,18 @@ async def test_connection_refused_keeps_httpx_error_type() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()  # nothing listens there any more
-    async with open_pool(f"ws://127.0.0.1:{port}/") as pool:
-        with pytest.raises(httpx.ConnectError):
+    async with open_pool(f"ws://127.0.0.1:{port}/", retry_backoff=0.01) as pool:
+        with pytest.raises(httpx.ConnectError) as info:
             await pool.acquire()
-        assert pool.stats.connect_failures == 1
+        assert pool.stats.connect_failures == 3  # connect_attempts
+        assert "3 attempt(s)" in "".join(getattr(info.value, "__notes__", []))
 
 
 async def test_connect_timeout_bounds_the_handshake(ws_server: WSServer) -> None:
     ws_server.silent = True
-    async with open_pool(ws_server.url, connect_timeout=0.2, acquire_timeout=30) as pool:
+    async with open_pool(
+        ws_server.url, connect_timeout=0.2, connect_attempts=1, acquire_timeout=30
+    ) as pool:
         started = anyio.current_time()
         with pytest.raises(httpx.ConnectTimeout, match=r"connect_timeout=0\.2"):
             await pool.acquire()

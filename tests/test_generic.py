@@ -84,11 +84,11 @@ async def test_connect_and_close_pair() -> None:
 
 
 async def test_connector_error_reaches_the_borrower_with_its_type() -> None:
-    connector = Connector(fail=1)
-    async with open_pool(connect=connector) as pool:
+    connector = Connector(fail=3)
+    async with open_pool(connect=connector, retry_backoff=0.001) as pool:
         with pytest.raises(ConnectionRefusedError, match="refused"):
             await pool.acquire()
-        assert pool.stats.connect_failures == 1
+        assert pool.stats.connect_failures == 3
         async with pool.connection() as resource:
             assert not resource.closed
 
@@ -108,7 +108,7 @@ async def test_slow_connector_is_bounded_by_connect_timeout() -> None:
         await anyio.sleep_forever()
         yield Resource()  # pragma: no cover
 
-    async with open_pool(connect=never, connect_timeout=0.05) as pool:
+    async with open_pool(connect=never, connect_timeout=0.05, connect_attempts=1) as pool:
         with pytest.raises(TimeoutError, match="took longer than") as info:
             await pool.acquire()
         assert not isinstance(info.value, PoolTimeout)
@@ -174,7 +174,7 @@ async def test_many_waiters_share_failures_without_a_storm() -> None:
         yield Resource()  # pragma: no cover
 
     errors: list[BaseException] = []
-    async with open_pool(connect=refused, max_connections=4) as pool:
+    async with open_pool(connect=refused, max_connections=4, retry_backoff=0.001) as pool:
 
         async def borrower() -> None:
             try:

@@ -35,6 +35,17 @@ URL = "ws://127.0.0.1:9/"  # never connected to: validation happens first
         ({"session_class": int}, TypeError, "session_class"),
         ({"follow_redirects": "yes"}, TypeError, "follow_redirects"),
         ({"no_such_option": 1}, TypeError, "no_such_option"),
+        ({"min_connections": -1}, ValueError, "min_connections"),
+        ({"min_connections": 5, "max_connections": 2}, ValueError, "min_connections=5"),
+        ({"connect_attempts": 0}, ValueError, "connect_attempts"),
+        ({"retry_backoff": -1}, ValueError, "retry_backoff"),
+        ({"retry_backoff_max": 0}, ValueError, "retry_backoff_max"),
+        ({"idle_timeout": 0}, ValueError, "idle_timeout"),
+        ({"max_lifetime": "1h"}, TypeError, "max_lifetime"),
+        ({"refresh_on_acquire": 1}, TypeError, "refresh_on_acquire"),
+        ({"cleanup_interval": 0}, ValueError, "cleanup_interval"),
+        ({"check_on_acquire": "yes"}, TypeError, "check_on_acquire"),
+        ({"on_connect": "login"}, TypeError, "on_connect"),
     ],
 )
 def test_bad_option_is_refused_naming_it(
@@ -47,15 +58,6 @@ def test_bad_option_is_refused_naming_it(
 @pytest.mark.parametrize(
     "option",
     [
-        "min_connections",
-        "connect_attempts",
-        "retry_backoff",
-        "idle_timeout",
-        "max_lifetime",
-        "refresh_on_acquire",
-        "cleanup_interval",
-        "on_connect",
-        "check_on_acquire",
         "drain_on_release",
         "drain_timeout",
         "drain_quiet_period",

@@ -82,7 +82,7 @@ async def test_connector_error_is_logged_redacted(caplog: pytest.LogCaptureFixtu
         yield object()  # pragma: no cover
 
     caplog.set_level(logging.WARNING, logger="anyio_wspool")
-    async with open_pool(connect=failing, acquire_timeout=0.01) as pool:
+    async with open_pool(connect=failing, acquire_timeout=0.01, connect_attempts=1) as pool:
         # The borrower gives up first, so nobody is there to receive the error:
         # the pool logs it instead.
         with pytest.raises(PoolTimeout):
