@@ -843,16 +843,25 @@ class WebSocketPool(Generic[R]):
             while True:
                 attempt += 1
                 scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
+                hook_error: Exception | None = None
                 try:
                     with scope:
                         async with self._ops.open() as resource:
                             if config.on_connect is not None:
-                                await config.on_connect(resource)
-                            # Connected: the deadline now only bounds the close.
-                            scope.deadline = math.inf
-                            self._connected(conn, resource)
-                            await conn.wake.wait()
-                            scope.deadline = anyio.current_time() + config.close_timeout
+                                # Caught here and raised below, outside the
+                                # session, whose task group would wrap it.
+                                try:
+                                    await config.on_connect(resource)
+                                except Exception as exc:
+                                    hook_error = exc
+                            if hook_error is None:
+                                # Connected: the deadline now only bounds the close.
+                                scope.deadline = math.inf
+                                self._connected(conn, resource)
+                                await conn.wake.wait()
+                                scope.deadline = anyio.current_time() + config.close_timeout
+                    if hook_error is not None:
+                        raise hook_error
                 except Exception as exc:
                     if conn.opened:
                         logger.warning(

@@ -6,24 +6,15 @@ import contextlib
 
 import anyio
 import pytest
-from anyio import wait_all_tasks_blocked
 from anyio.abc import SocketStream
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, WebSocketUpgradeError
 
 from anyio_wspool import WebSocketPool, open_pool
 
+from ._util import until
 from ._wsserver import WSServer
 
 pytestmark = pytest.mark.anyio
-
-
-async def until(predicate: object, limit: float = 5.0) -> None:
-    """Let the event loop run (I/O included) until ``predicate()`` holds."""
-    assert callable(predicate)
-    with anyio.fail_after(limit):
-        while not predicate():
-            await wait_all_tasks_blocked()
-            await anyio.lowlevel.checkpoint()
 
 
 async def test_idle_connection_is_read_and_its_messages_counted(ws_server: WSServer) -> None:
