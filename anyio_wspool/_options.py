@@ -17,12 +17,6 @@ __all__ = ("Config", "PoolOptions", "WsOptions", "parse_options")
 #: options of SPEC.md that a later version implements: refused until they work
 NOT_YET_BUILT = frozenset(
     {
-        "drain_on_release",
-        "drain_timeout",
-        "drain_quiet_period",
-        "drain_condition",
-        "on_drained",
-        "on_release",
         "max_connecting",
         "max_waiting",
         "lifetime_margin",
@@ -70,6 +64,12 @@ class PoolOptions(TypedDict, total=False):
     cleanup_interval: float
     check_on_acquire: bool
     on_connect: Callable[[Any], Awaitable[object]] | None
+    on_release: Callable[[Any], Awaitable[object]] | None
+    drain_on_release: bool
+    drain_timeout: float
+    drain_quiet_period: float
+    drain_condition: Callable[[Any], bool] | None
+    on_drained: Callable[[Any], object] | None
     close_timeout: float
 
 
@@ -106,6 +106,12 @@ class Config:
     cleanup_interval: float = 5.0
     check_on_acquire: bool = False
     on_connect: Callable[[Any], Awaitable[object]] | None = None
+    on_release: Callable[[Any], Awaitable[object]] | None = None
+    drain_on_release: bool = False
+    drain_timeout: float = 10.0
+    drain_quiet_period: float = 2.0
+    drain_condition: Callable[[Any], bool] | None = None
+    on_drained: Callable[[Any], object] | None = None
     close_timeout: float = 5.0
     #: httpx-ws keywords, validated, as given
     ws: dict[str, Any] = field(default_factory=dict)
@@ -192,15 +198,22 @@ def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
             pool[name] = check_int(name, value, minimum=0)
         elif name == "acquire_timeout":
             pool[name] = check_seconds(name, value, allow_none=True, allow_zero=True)
-        elif name in {"connect_timeout", "close_timeout", "retry_backoff_max", "cleanup_interval"}:
+        elif name in {
+            "connect_timeout",
+            "close_timeout",
+            "retry_backoff_max",
+            "cleanup_interval",
+            "drain_timeout",
+            "drain_quiet_period",
+        }:
             pool[name] = check_seconds(name, value)
         elif name == "retry_backoff":
             pool[name] = check_seconds(name, value, allow_zero=True)
         elif name in {"idle_timeout", "max_lifetime"}:
             pool[name] = check_seconds(name, value, allow_none=True)
-        elif name in {"refresh_on_acquire", "check_on_acquire"}:
+        elif name in {"refresh_on_acquire", "check_on_acquire", "drain_on_release"}:
             pool[name] = check_bool(name, value)
-        elif name == "on_connect":
+        elif name in {"on_connect", "on_release", "drain_condition", "on_drained"}:
             pool[name] = check_callable(name, value)
         else:
             # the value is not shown: an unknown keyword may well be a secret
@@ -210,6 +223,11 @@ def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
         raise ValueError(
             f"min_connections={config.min_connections} is more than "
             f"max_connections={config.max_connections}"
+        )
+    if config.drain_on_release and not websocket:
+        raise TypeError(
+            "drain_on_release=True reads a WebSocket's server messages: it applies to a pool "
+            "given a uri, not to one given connect="
         )
     if config.check_on_acquire and not websocket:
         raise TypeError(

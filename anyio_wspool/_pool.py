@@ -18,10 +18,11 @@ leaves the new connection to the next one, or to the idle set.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from enum import IntEnum
@@ -82,6 +83,7 @@ class _Conn(Generic[R]):
         "expires_at",
         "generation",
         "idle_since",
+        "last_data",
         "lease",
         "lent_before",
         "lifetime",
@@ -103,6 +105,8 @@ class _Conn(Generic[R]):
         self.lifetime = math.inf
         self.expires_at = math.inf
         self.idle_since = 0.0
+        #: when the last server data counted by drain_condition arrived (draining)
+        self.last_data = 0.0
         self.resource: R | None = None
         self.opened = False
         self.lent_before = False
@@ -272,7 +276,15 @@ class WebSocketPool(Generic[R]):
         self._closing = False
         self._all_closed: anyio.Event | None = None
         self._redactor: Any = None
-        self._sink = self._on_idle_message
+        self._sink = self._drained
+        #: whether a released connection goes through the host task before idle
+        self._prepare_on_release = config.drain_on_release or config.on_release is not None
+        #: drained events waiting for the on_drained callback (see _dispatch_drained)
+        self._drained_queue: deque[Event] = deque()
+        self._drained_ready: anyio.Event | None = None
+        self._dispatch_scope = anyio.CancelScope()
+        self._dispatch_done = anyio.Event()
+        self._dispatch_stop = False
         self._rng = random.Random()
         #: bumped by invalidate(): connections of an older generation are not lent again
         self._generation = 0
@@ -490,6 +502,8 @@ class WebSocketPool(Generic[R]):
         config = self._config
         if config.idle_timeout is not None or config.max_lifetime is not None:
             self._tg.start_soon(self._sweep_forever, name="anyio_wspool sweep")
+        if config.on_drained is not None:
+            self._tg.start_soon(self._dispatch_drained, name="anyio_wspool on_drained")
         self._grow()  # min_connections
         return self
 
@@ -541,8 +555,27 @@ class WebSocketPool(Generic[R]):
                 self._all_closed.set()
         if self._all_closed is not None:
             await self._all_closed.wait()
+            await self._stop_dispatch()
         else:
             await anyio.lowlevel.checkpoint()
+
+    async def _stop_dispatch(self) -> None:
+        """Give ``on_drained`` what the closed connections drained, within close_timeout."""
+        if self._config.on_drained is None or self._dispatch_done.is_set():
+            return
+        self._dispatch_stop = True
+        ready = self._drained_ready
+        if ready is not None:
+            self._drained_ready = None
+            ready.set()
+        with anyio.move_on_after(self._config.close_timeout):
+            await self._dispatch_done.wait()
+        if not self._dispatch_done.is_set():
+            logger.warning(
+                "on_drained did not finish within close_timeout; %d drained event(s) dropped",
+                len(self._drained_queue),
+            )
+            self._dispatch_scope.cancel()
 
     # -- lending --------------------------------------------------------------------
 
@@ -681,6 +714,11 @@ class WebSocketPool(Generic[R]):
             self._retire(conn, "pool_closed")
         elif reason := self._unfit(conn):
             self._retire(conn, reason, discarded=reason == "server_closed")
+        elif self._prepare_on_release:
+            # on_release and the drain are I/O: the host task does them, and the
+            # borrower who released goes on at once.
+            self._set_state(conn, _DRAINING)
+            conn.wake.set()
         else:
             self._put_back(conn)
 
@@ -706,21 +744,32 @@ class WebSocketPool(Generic[R]):
         if self._config.idle_timeout is not None:
             conn.idle_since = anyio.current_time()
         self._idle[conn] = None
-        self._drained_messages += self._ops.park(conn.resource, self._sink)  # type: ignore[arg-type]
+        self._ops.park(conn.resource, self._sink)  # type: ignore[arg-type]
 
-    def _on_idle_message(self, event: Event) -> None:
-        """The sink of idle connections: what a server sends while nobody holds one."""
+    def _drained(self, event: Event) -> None:
+        """Where server messages go that no borrower will read (idle or released).
+
+        Counted, and given to ``on_drained`` by a task of the pool (so that the
+        user's callback never runs in, nor blocks, a connection's reader), or
+        logged at DEBUG by size only.
+        """
         self._drained_messages += 1
-        if logger.isEnabledFor(logging.DEBUG):
+        if self._config.on_drained is not None:
+            self._drained_queue.append(event)
+            ready = self._drained_ready
+            if ready is not None:
+                self._drained_ready = None
+                ready.set()
+        elif logger.isEnabledFor(logging.DEBUG):
             if isinstance(event, TextMessage | BytesMessage):
                 logger.debug(
-                    "read a %d-byte %s message from an idle connection to %s",
+                    "drained a %d-byte %s message from a connection to %s",
                     len(event.data),
                     "text" if isinstance(event, TextMessage) else "binary",
                     self._ops.target,
                 )
             else:
-                logger.debug("read a %s event from an idle connection", type(event).__name__)
+                logger.debug("drained a %s event", type(event).__name__)
 
     # -- capacity and connections ---------------------------------------------------------
 
@@ -785,6 +834,10 @@ class WebSocketPool(Generic[R]):
             return
         if state is _IDLE:
             self._idle.pop(conn, None)
+        elif state is _DRAINING:
+            # Released, maybe with messages its borrower never read: they are
+            # drained like any other, not dropped unseen with the connection.
+            self._ops.park(conn.resource, self._sink)  # type: ignore[arg-type]
         elif state is _CONNECTING and conn.scope is not None:
             conn.scope.cancel()
         if discarded:
@@ -858,7 +911,7 @@ class WebSocketPool(Generic[R]):
                                 # Connected: the deadline now only bounds the close.
                                 scope.deadline = math.inf
                                 self._connected(conn, resource)
-                                await conn.wake.wait()
+                                await self._serve(conn, resource)
                                 scope.deadline = anyio.current_time() + config.close_timeout
                     if hook_error is not None:
                         raise hook_error
@@ -901,6 +954,100 @@ class WebSocketPool(Generic[R]):
                 "attempt(s); this error is not retried"
             )
         self._connect_failed(conn, error)
+
+    async def _serve(self, conn: _Conn[R], resource: R) -> None:
+        """The host task's life while the connection is open: prepare releases, until retired."""
+        while True:
+            await conn.wake.wait()
+            conn.wake = anyio.Event()
+            if conn.state is _DRAINING:
+                await self._prepare(conn, resource)
+            if conn.state >= _CLOSING:
+                return
+
+    async def _prepare(self, conn: _Conn[R], resource: R) -> None:
+        """Run ``on_release``, then drain stale server data, then put the connection back.
+
+        Both together are bounded by ``drain_timeout``: a hook that hangs, or a
+        server that keeps sending, gets the connection closed, never lent.
+        """
+        config = self._config
+        failure: Exception | None = None
+        with anyio.move_on_after(config.drain_timeout) as scope:
+            try:
+                if config.on_release is not None:
+                    await config.on_release(resource)
+                if config.drain_on_release and conn.state is _DRAINING:
+                    await self._drain(conn, resource)
+            except Exception as exc:
+                failure = exc
+        if conn.state is not _DRAINING:
+            return  # retired meanwhile (the pool closed, the server closed it)
+        if failure is not None:
+            logger.warning(
+                "on_release failed on a connection to %s; closing it: %s",
+                self._ops.target,
+                describe_error(failure),
+            )
+            self._retire(conn, "release_failed", discarded=True)
+        elif scope.cancelled_caught:
+            logger.info(
+                "a released connection to %s was still busy after drain_timeout=%g s; closing it",
+                self._ops.target,
+                config.drain_timeout,
+            )
+            self._retire(conn, "stale_data", discarded=True)
+        elif reason := self._unfit(conn):
+            self._retire(conn, reason, discarded=reason == "server_closed")
+        else:
+            self._put_back(conn)
+
+    async def _drain(self, conn: _Conn[R], resource: R) -> None:
+        """Wait until ``drain_quiet_period`` passes without server data (guarantee 7)."""
+        quiet = self._config.drain_quiet_period
+        condition = self._config.drain_condition
+        drained = self._drained
+
+        def sink(event: Event) -> None:
+            drained(event)
+            if condition is None or condition(event):
+                conn.last_data = anyio.current_time()
+
+        conn.last_data = anyio.current_time()
+        # What the borrower left unread goes to the sink now, what arrives later too.
+        self._ops.park(resource, sink)
+        while conn.state is _DRAINING:
+            remaining = conn.last_data + quiet - anyio.current_time()
+            if remaining <= 0:
+                return
+            with anyio.move_on_after(remaining):
+                await conn.wake.wait()  # only a retirement sets it while draining
+
+    async def _dispatch_drained(self) -> None:
+        """The task that gives drained events to ``on_drained``, in order."""
+        callback = self._config.on_drained
+        assert callback is not None
+        queue = self._drained_queue
+        try:
+            with self._dispatch_scope:
+                while True:
+                    while queue:
+                        event = queue.popleft()
+                        try:
+                            result = callback(event)
+                            if inspect.isawaitable(result):
+                                await result
+                        except Exception as exc:
+                            logger.warning(
+                                "on_drained raised an exception (the pool goes on): %s",
+                                describe_error(exc, with_traceback=True),
+                            )
+                    if self._dispatch_stop:
+                        return
+                    self._drained_ready = anyio.Event()
+                    await self._drained_ready.wait()
+        finally:
+            self._dispatch_done.set()
 
     def _backoff(self, attempt: int) -> float:
         """Exponential back-off with full jitter, capped at ``retry_backoff_max``."""

@@ -46,6 +46,12 @@ URL = "ws://127.0.0.1:9/"  # never connected to: validation happens first
         ({"cleanup_interval": 0}, ValueError, "cleanup_interval"),
         ({"check_on_acquire": "yes"}, TypeError, "check_on_acquire"),
         ({"on_connect": "login"}, TypeError, "on_connect"),
+        ({"drain_on_release": 1}, TypeError, "drain_on_release"),
+        ({"drain_timeout": 0}, ValueError, "drain_timeout"),
+        ({"drain_quiet_period": -1}, ValueError, "drain_quiet_period"),
+        ({"drain_condition": 3}, TypeError, "drain_condition"),
+        ({"on_drained": "log"}, TypeError, "on_drained"),
+        ({"on_release": []}, TypeError, "on_release"),
     ],
 )
 def test_bad_option_is_refused_naming_it(
@@ -58,12 +64,6 @@ def test_bad_option_is_refused_naming_it(
 @pytest.mark.parametrize(
     "option",
     [
-        "drain_on_release",
-        "drain_timeout",
-        "drain_quiet_period",
-        "drain_condition",
-        "on_drained",
-        "on_release",
         "max_connecting",
         "max_waiting",
         "lifetime_margin",
@@ -120,6 +120,16 @@ def test_connect_must_be_callable() -> None:
         open_pool(connect=42)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="close must be callable"):
         open_pool(connect=lambda: None, close=42)  # type: ignore[call-overload]
+
+
+def test_websocket_only_options_do_not_apply_to_a_generic_pool() -> None:
+    def connect() -> Any:
+        raise AssertionError("never called: validation comes first")
+
+    with pytest.raises(TypeError, match="drain_on_release"):
+        open_pool(connect=connect, drain_on_release=True)
+    with pytest.raises(TypeError, match="check_on_acquire"):
+        open_pool(connect=connect, check_on_acquire=True)
 
 
 def test_httpx_ws_options_do_not_apply_to_a_generic_pool() -> None:
