@@ -91,7 +91,10 @@ async def test_a_newcomer_does_not_overtake_waiters(ws_server: WSServer) -> None
 
 
 async def test_acquire_timeout_raises_pool_timeout_with_context(ws_server: WSServer) -> None:
-    async with open_pool(ws_server.url, max_connections=1, acquire_timeout=0.05) as pool:
+    async with open_pool(
+        ws_server.url, max_connections=1, min_connections=1, acquire_timeout=0.05
+    ) as pool:
+        await pool.wait_ready(timeout=5)  # the timeout is for waiting, not for this handshake
         async with pool.connection():
             with pytest.raises(PoolTimeout) as info:
                 async with pool.connection():

@@ -61,7 +61,10 @@ async def test_httpx_request_log_hides_the_uris_secrets(
 
 
 async def test_pool_timeout_message_hides_secrets(ws_server: WSServer) -> None:
-    async with open_pool(secret_url(ws_server), max_connections=1, acquire_timeout=0.01) as pool:
+    async with open_pool(
+        secret_url(ws_server), max_connections=1, min_connections=1, acquire_timeout=0.01
+    ) as pool:
+        await pool.wait_ready(timeout=5)
         async with pool.connection():
             with pytest.raises(PoolTimeout) as info:
                 await pool.acquire()
