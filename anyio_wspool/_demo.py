@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx
@@ -120,42 +122,39 @@ async def run(tasks: int, round_trips: int, max_connections: int) -> None:
         await tg.start(server.serve)
         print(f"echo server on {server.url}; {tasks} tasks x {round_trips} round trips")
 
+        async def workload(
+            progress: Progress, connect: Callable[[], AbstractAsyncContextManager[Any]]
+        ) -> None:
+            async def worker(n: int) -> None:
+                for i in range(round_trips):
+                    async with connect() as ws:
+                        await ws.send_text(f"{n}:{i}")
+                        if await ws.receive_text() != f"{n}:{i}":
+                            raise RuntimeError("the echo did not match")
+                    progress.done += 1
+
+            async with anyio.create_task_group() as workers:
+                for n in range(tasks):
+                    workers.start_soon(worker, n)
+
         async def through_pool(progress: Progress) -> None:
             async with open_pool(server.url, max_connections=max_connections) as pool:
-
-                async def worker(n: int) -> None:
-                    for i in range(round_trips):
-                        async with pool.connection() as ws:
-                            await ws.send_text(f"{n}:{i}")
-                            if await ws.receive_text() != f"{n}:{i}":
-                                raise RuntimeError("the echo did not match")
-                        progress.done += 1
-
-                async with anyio.create_task_group() as workers:
-                    for n in range(tasks):
-                        workers.start_soon(worker, n)
+                await workload(progress, pool.connection)
                 stats.append(pool.stats)
 
         async def per_request(progress: Progress) -> None:
             limit = anyio.CapacityLimiter(max_connections)
             async with httpx.AsyncClient() as client:
 
-                async def worker(n: int) -> None:
-                    for i in range(round_trips):
-                        async with (
-                            limit,
-                            aconnect_ws(
-                                server.url, client, session_class=AsyncWebSocketSession
-                            ) as ws,
-                        ):
-                            await ws.send_text(f"{n}:{i}")
-                            if await ws.receive_text() != f"{n}:{i}":
-                                raise RuntimeError("the echo did not match")
-                        progress.done += 1
+                @asynccontextmanager
+                async def connect() -> AsyncIterator[AsyncWebSocketSession]:
+                    async with (
+                        limit,
+                        aconnect_ws(server.url, client, session_class=AsyncWebSocketSession) as ws,
+                    ):
+                        yield ws
 
-                async with anyio.create_task_group() as workers:
-                    for n in range(tasks):
-                        workers.start_soon(worker, n)
+                await workload(progress, connect)
 
         stats: list[object] = []
         before = server.handshakes
