@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,3 +35,18 @@ async def test_example_runs(ws_server: WSServer, script: str, expected: str, cap
     assert 1 <= ws_server.handshakes <= capacity  # the pool reused its connections
     assert ws_server.messages_received > ws_server.handshakes
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_demo_runs(backend: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "anyio_wspool", "--backend", backend]
+        + ["--tasks", "4", "--round-trips", "10", "--max-connections", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pool                                2" in result.stdout  # two handshakes
+    assert "connect per request                40" in result.stdout
