@@ -39,9 +39,10 @@ async def test_example_runs(ws_server: WSServer, script: str, expected: str, cap
 
 @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
 def test_demo_runs(backend: str) -> None:
+    command = [sys.executable, "-m", "anyio_wspool", "--backend", backend]
+    command += ["--tasks", "4", "--round-trips", "10", "--max-connections", "2"]
     result = subprocess.run(
-        [sys.executable, "-m", "anyio_wspool", "--backend", backend]
-        + ["--tasks", "4", "--round-trips", "10", "--max-connections", "2"],
+        command,
         capture_output=True,
         text=True,
         timeout=120,
