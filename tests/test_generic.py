@@ -220,3 +220,32 @@ async def test_a_resource_that_dies_in_the_background_is_contained(
         async with pool.connection() as second:
             assert second is not first
     assert any("failed in the background" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_connection_opened_for_a_cancelled_borrower_is_kept() -> None:
+    gate = anyio.Event()
+    opened: list[Resource] = []
+
+    @asynccontextmanager
+    async def slow() -> AsyncIterator[Resource]:
+        await gate.wait()
+        resource = Resource()
+        opened.append(resource)
+        yield resource
+
+    async with open_pool(connect=slow) as pool:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pool.acquire)
+                await wait_all_tasks_blocked()
+                assert pool.stats.connecting == 1
+                scope.cancel()
+        assert pool.stats.waiting == 0
+        gate.set()
+        with anyio.fail_after(5):
+            while not pool.stats.idle:
+                await wait_all_tasks_blocked()
+        assert pool.stats.in_use == 0
+        async with pool.connection() as resource:
+            assert resource is opened[0]
+    assert len(opened) == 1
