@@ -95,7 +95,7 @@ class _Conn(Generic[R]):
         "wake",
     )
 
-    def __init__(self, generation: int, delay: float = 0.0) -> None:
+    def __init__(self, wake: anyio.Event, generation: int, delay: float = 0.0) -> None:
         self.state = _CONNECTING
         #: the pool's generation when this connection was started (see invalidate())
         self.generation = generation
@@ -115,19 +115,21 @@ class _Conn(Generic[R]):
         self.reason = ""
         self.scope: anyio.CancelScope | None = None
         #: set to make the host task look at the connection again (retire it)
-        self.wake = anyio.Event()
+        self.wake = wake
 
 
 class _Waiter(Generic[R]):
     """A borrower waiting for a connection: the pool fills in ``conn`` or ``error``."""
 
-    __slots__ = ("conn", "error", "event", "fresh")
+    __slots__ = ("conn", "deadline", "error", "event", "fresh")
 
-    def __init__(self, fresh: bool) -> None:
+    def __init__(self, fresh: bool, event: anyio.Event, deadline: float) -> None:
         self.fresh = fresh
         self.conn: _Conn[R] | None = None
         self.error: BaseException | None = None
-        self.event = anyio.Event()
+        self.event = event
+        #: when acquire_timeout runs out (see WebSocketPool._expire_waiters)
+        self.deadline = deadline
 
 
 class _Lease(Generic[R]):
@@ -266,6 +268,7 @@ class WebSocketPool(Generic[R]):
         if client is not None:
             self._check_client_limit(config.max_connections)
         self._limiter = anyio.CapacityLimiter(config.max_connections)
+        self._capacity = config.max_connections
         self._idle: OrderedDict[_Conn[R], None] = OrderedDict()
         self._waiters: OrderedDict[_Waiter[R], None] = OrderedDict()
         self._conns: set[_Conn[R]] = set()
@@ -293,8 +296,11 @@ class WebSocketPool(Generic[R]):
         self._last_connect_error: Exception | None = None
         #: woken whenever a connection opens or the pool closes (wait_ready)
         self._state_waiter: anyio.Event | None = None
-        #: the scope of the pool's own service tasks (the sweep)
+        #: the scope of the pool's own service tasks (the sweep, the waiters' timeouts)
         self._service_scope = anyio.CancelScope()
+        self._watchdog_wakeup: anyio.Event | None = None
+        #: the running backend's Event class: anyio.Event() looks the backend up each time
+        self._event_class: Callable[[], anyio.Event] = anyio.Event
         # counters
         self._opened = 0
         self._closed = 0
@@ -414,7 +420,7 @@ class WebSocketPool(Generic[R]):
     @property
     def max_connections(self) -> int:
         """The capacity; assign to resize (shrinking closes idle connections first)."""
-        return int(self._limiter.total_tokens)
+        return self._capacity
 
     @max_connections.setter
     def max_connections(self, value: int) -> None:
@@ -422,6 +428,7 @@ class WebSocketPool(Generic[R]):
         if self._client is not None and not self._own_client:
             self._check_client_limit(value)
         self._limiter.total_tokens = value
+        self._capacity = value
         excess = self._limiter.borrowed_tokens - value
         while excess > 0 and self._idle:
             oldest = next(iter(self._idle))
@@ -500,8 +507,8 @@ class WebSocketPool(Generic[R]):
             self._redactor.remove()
             raise
         config = self._config
-        if config.idle_timeout is not None or config.max_lifetime is not None:
-            self._tg.start_soon(self._sweep_forever, name="anyio_wspool sweep")
+        self._event_class = type(anyio.Event())
+        self._tg.start_soon(self._run_services, name="anyio_wspool services")
         if config.on_drained is not None:
             self._tg.start_soon(self._dispatch_drained, name="anyio_wspool on_drained")
         self._grow()  # min_connections
@@ -652,31 +659,66 @@ class WebSocketPool(Generic[R]):
         ):
             self._acquire_timeouts += 1
             raise self._timeout_error(0.0)
-        waiter: _Waiter[R] = _Waiter(fresh)
-        self._waiters[waiter] = None
+        waiters = self._waiters
+        if not waiters and self._watchdog_wakeup is not None:
+            self._watchdog_wakeup.set()
+        waiter: _Waiter[R] = _Waiter(
+            fresh,
+            self._event_class(),
+            anyio.current_time() + timeout if timeout else math.inf,
+        )
+        waiters[waiter] = None
         self._grow()
-        start = anyio.current_time()
         try:
-            # With acquire_timeout=0 the borrower does not wait for a busy
-            # pool, but it does wait for the connection opened for it.
-            with anyio.move_on_after(timeout if timeout else math.inf):
-                await waiter.event.wait()
+            # No cancel scope per waiter: waiters are queued in deadline order,
+            # and one task of the pool (_expire_waiters) fails those whose
+            # acquire_timeout ran out. With acquire_timeout=0 the borrower does
+            # not wait for a busy pool, but it does wait for the connection
+            # opened for it.
+            await waiter.event.wait()
         except BaseException:
             # Cancelled: leave no trace, and pass on a connection handed over
             # in the meantime.
-            if self._waiters.pop(waiter, waiter) is waiter and waiter.conn is not None:
+            if waiters.pop(waiter, waiter) is waiter and waiter.conn is not None:
                 self._give_back(waiter.conn, discard=False, reason="")
             raise
         if waiter.conn is not None:
             self._count_lease(waiter.conn)
             return waiter.conn
-        if waiter.error is not None:
-            error = waiter.error
-            waiter.error = None
-            raise error
-        del self._waiters[waiter]
-        self._acquire_timeouts += 1
-        raise self._timeout_error(anyio.current_time() - start)
+        error = waiter.error
+        assert error is not None
+        waiter.error = None
+        raise error
+
+    async def _expire_waiters(self) -> None:
+        """Fail the waiters whose ``acquire_timeout`` ran out (a task of the pool).
+
+        Every waiter waits ``acquire_timeout`` from the moment it queues, so the
+        queue is in deadline order: only its head needs watching. This costs one
+        timer for the pool instead of a cancel scope with a timer per wait.
+        """
+        timeout = self._config.acquire_timeout
+        assert timeout
+        waiters = self._waiters
+        while True:
+            if not waiters:
+                self._watchdog_wakeup = self._event_class()
+                await self._watchdog_wakeup.wait()
+                self._watchdog_wakeup = None
+                continue
+            head = next(iter(waiters))
+            if head.deadline > anyio.current_time():
+                await anyio.sleep_until(head.deadline)
+                continue
+            now = anyio.current_time()
+            while waiters:
+                head = next(iter(waiters))
+                if head.deadline > now:
+                    break
+                del waiters[head]
+                self._acquire_timeouts += 1
+                head.error = self._timeout_error(timeout)
+                head.event.set()
 
     def _timeout_error(self, waited: float) -> PoolTimeout:
         counts = self._counts
@@ -724,7 +766,7 @@ class WebSocketPool(Generic[R]):
 
     def _put_back(self, conn: _Conn[R]) -> None:
         """Hand a healthy connection to the first waiter, or make it idle."""
-        if self._limiter.borrowed_tokens > self._limiter.total_tokens:
+        if len(self._conns) > self._capacity:  # each connection holds one token
             self._retire(conn, "resized")
             return
         waiters = self._waiters
@@ -803,13 +845,14 @@ class WebSocketPool(Generic[R]):
         for_waiters = len(self._waiters) - connecting
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
         uncovered = max(for_waiters, for_others)
-        while uncovered > 0:
+        limiter = self._limiter
+        # (Checked first: at a full pool, every new waiter comes through here.)
+        while uncovered > 0 and limiter.available_tokens >= 1:
             # Background openings back off after failures; borrowers never wait.
-            conn: _Conn[R] = _Conn(self._generation, 0.0 if for_waiters > 0 else self._warm_delay)
-            try:
-                self._limiter.acquire_on_behalf_of_nowait(conn)
-            except anyio.WouldBlock:
-                break
+            conn: _Conn[R] = _Conn(
+                self._event_class(), self._generation, 0.0 if for_waiters > 0 else self._warm_delay
+            )
+            limiter.acquire_on_behalf_of_nowait(conn)
             self._start(conn)
             uncovered -= 1
             for_waiters -= 1
@@ -851,11 +894,20 @@ class WebSocketPool(Generic[R]):
         if conn.state is _IDLE:
             self._retire(conn, "server_closed")
 
-    async def _sweep_forever(self) -> None:
+    async def _run_services(self) -> None:
+        """The pool's own periodic work, ended by aclose(): the sweep, acquire timeouts."""
+        config = self._config
         with self._service_scope:
-            while True:
-                await anyio.sleep(self._config.cleanup_interval)
-                self._sweep()
+            async with anyio.create_task_group() as tg:
+                if config.acquire_timeout:
+                    tg.start_soon(self._expire_waiters, name="anyio_wspool acquire timeouts")
+                if config.idle_timeout is not None or config.max_lifetime is not None:
+                    tg.start_soon(self._sweep_forever, name="anyio_wspool sweep")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await anyio.sleep(self._config.cleanup_interval)
+            self._sweep()
 
     def _sweep(self) -> None:
         """Retire idle connections that are dead, expired, or idle for too long.
@@ -959,7 +1011,7 @@ class WebSocketPool(Generic[R]):
         """The host task's life while the connection is open: prepare releases, until retired."""
         while True:
             await conn.wake.wait()
-            conn.wake = anyio.Event()
+            conn.wake = self._event_class()
             if conn.state is _DRAINING:
                 await self._prepare(conn, resource)
             if conn.state >= _CLOSING:

@@ -248,3 +248,29 @@ async def test_repr_shows_state_and_gauges(ws_server: WSServer) -> None:
             assert "max_connections=3" in text
         assert "1 idle" in repr(pool)
     assert "closed" in repr(pool)
+
+
+async def test_each_waiter_gets_its_own_acquire_timeout(ws_server: WSServer) -> None:
+    waited: dict[str, float] = {}
+    async with open_pool(
+        ws_server.url, max_connections=1, min_connections=1, acquire_timeout=0.2
+    ) as pool:
+        await pool.wait_ready(timeout=5)
+        held = await pool.acquire()
+
+        async def waiter(name: str) -> None:
+            started = anyio.current_time()
+            with pytest.raises(PoolTimeout):
+                await pool.acquire()
+            waited[name] = anyio.current_time() - started
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter, "first")
+            await anyio.sleep(0.1)  # the second queues later, and so times out later
+            tg.start_soon(waiter, "second")
+        assert pool.stats.acquire_timeouts == 2
+        assert pool.stats.waiting == 0
+        await pool.release(held)
+    # each waited its whole acquire_timeout (timer resolution aside), not the head's
+    assert 0.18 <= waited["first"] < 2
+    assert 0.18 <= waited["second"] < 2
