@@ -38,3 +38,16 @@ def demo(session: nox.Session) -> None:
     session.install("-e", ".[trio]", "uvloop")
     for backend in ("asyncio", "uvloop", "trio"):
         session.run("python", "-m", "anyio_wspool", "--backend", backend, *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks (benchmarks/run.py); ``nox -s bench -- --quick`` takes under 2 minutes.
+
+    Writes benchmarks/results.json, RESULTS.md and throughput.png. The peer pools
+    of scenario 7 pin ``websockets<16``: run.py installs them in a virtual
+    environment of their own, under the temporary directory.
+    """
+    # picows: the echo server (the websockets server is the fallback).
+    session.install("-e", ".[bench]", "picows")
+    session.run("python", "benchmarks/run.py", *session.posargs)
