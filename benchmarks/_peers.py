@@ -29,7 +29,6 @@ import importlib.metadata
 import platform
 import time
 import traceback
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -43,6 +42,7 @@ from _scenarios import (
     Segment,
     borrowers_segment,
     cycles_segment,
+    floor_segment,
     interleave,
     warm_pool,
 )
@@ -88,15 +88,7 @@ async def overhead(peers: Peers, sizes: Sizes, rep: int, rec: Recorder) -> None:
 
     @asynccontextmanager
     async def floor() -> AsyncIterator[Segment]:
-        limiter = anyio.CapacityLimiter(CONNECTIONS)
-        idle: deque[object] = deque([object()])
-
-        async def loop(count: int) -> None:
-            for _ in range(count):
-                async with limiter:
-                    idle.append(idle.pop())
-
-        yield cycles_segment(cycles, loop)
+        yield floor_segment(cycles, CONNECTIONS)
 
     @asynccontextmanager
     async def ours() -> AsyncIterator[Segment]:

@@ -267,6 +267,19 @@ def cycles_segment(cycles: int, loop: Callable[[int], Awaitable[None]]) -> Segme
     return segment
 
 
+def floor_segment(cycles: int, capacity: int) -> Segment:
+    """The overhead floor: a bare ``CapacityLimiter`` acquire/release around a deque pop/append."""
+    limiter = anyio.CapacityLimiter(capacity)
+    idle: deque[object] = deque([object()])
+
+    async def loop(count: int) -> None:
+        for _ in range(count):
+            async with limiter:
+                idle.append(idle.pop())
+
+    return cycles_segment(cycles, loop)
+
+
 async def _make_object() -> object:
     return object()
 
@@ -279,15 +292,7 @@ async def scenario_overhead(ctx: Context) -> None:
 
     @asynccontextmanager
     async def floor() -> AsyncIterator[Segment]:
-        limiter = anyio.CapacityLimiter(16)
-        idle: deque[object] = deque([object()])
-
-        async def loop(count: int) -> None:
-            for _ in range(count):
-                async with limiter:
-                    idle.append(idle.pop())
-
-        yield cycles_segment(cycles, loop)
+        yield floor_segment(cycles, 16)
 
     @asynccontextmanager
     async def unbounded() -> AsyncIterator[Segment]:
