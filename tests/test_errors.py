@@ -268,3 +268,17 @@ async def test_a_dead_borrower_connection_does_not_disturb_others(ws_server: WSS
         async with pool.connection() as c:
             await c.send_text("still works")
             assert await c.receive_text() == "still works"
+
+
+async def test_a_connection_still_lent_at_close_is_closed_with_a_warning(
+    ws_server: WSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_pool(ws_server.url) as pool:
+        ws = await pool.acquire()  # never released
+        await ws.send_text("x")
+        assert await ws.receive_text() == "x"
+    await ws_server.wait_until(lambda: ws_server.open_connections == 0)
+    assert any("still lent" in record.getMessage() for record in caplog.records)
+    with pytest.raises(WebSocketDisconnect):
+        await ws.send_text("after the pool closed")
+    await pool.release(ws)  # a no-op once the pool is closed
