@@ -58,9 +58,8 @@ class ResourceOps(Generic[R]):
     def usable(self, resource: R) -> bool:
         return True
 
-    def park(self, resource: R, sink: Sink) -> int:
-        """The resource goes back to the pool; returns how many unread messages were flushed."""
-        return 0
+    def park(self, resource: R, sink: Sink) -> None:
+        """The resource goes back to the pool: unread and later messages go to ``sink``."""
 
     def unpark(self, resource: R) -> None:
         """The resource is about to be lent."""
@@ -174,8 +173,8 @@ class HttpxWsOps(ResourceOps[AsyncWebSocketSession]):
     def usable(self, resource: AsyncWebSocketSession) -> bool:
         return resource.pool_usable  # type: ignore[attr-defined, no-any-return]
 
-    def park(self, resource: AsyncWebSocketSession, sink: Sink) -> int:
-        return resource.pool_park(sink)  # type: ignore[attr-defined, no-any-return]
+    def park(self, resource: AsyncWebSocketSession, sink: Sink) -> None:
+        resource.pool_park(sink)  # type: ignore[attr-defined]
 
     def unpark(self, resource: AsyncWebSocketSession) -> None:
         resource.pool_unpark()  # type: ignore[attr-defined]

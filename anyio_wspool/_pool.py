@@ -496,9 +496,7 @@ class WebSocketPool(Generic[R]):
                     timeout=httpx.Timeout(self._config.connect_timeout),
                 )
                 await self._client.__aenter__()
-                assert isinstance(self._ops, HttpxWsOps)
-                self._ops.client = self._client
-            elif isinstance(self._ops, HttpxWsOps):
+            if isinstance(self._ops, HttpxWsOps):
                 self._ops.client = self._client
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
@@ -571,10 +569,7 @@ class WebSocketPool(Generic[R]):
         if self._config.on_drained is None or self._dispatch_done.is_set():
             return
         self._dispatch_stop = True
-        ready = self._drained_ready
-        if ready is not None:
-            self._drained_ready = None
-            ready.set()
+        self._wake_dispatcher()
         with anyio.move_on_after(self._config.close_timeout):
             await self._dispatch_done.wait()
         if not self._dispatch_done.is_set():
@@ -798,10 +793,7 @@ class WebSocketPool(Generic[R]):
         self._drained_messages += 1
         if self._config.on_drained is not None:
             self._drained_queue.append(event)
-            ready = self._drained_ready
-            if ready is not None:
-                self._drained_ready = None
-                ready.set()
+            self._wake_dispatcher()
         elif logger.isEnabledFor(logging.DEBUG):
             if isinstance(event, TextMessage | BytesMessage):
                 logger.debug(
@@ -1074,6 +1066,12 @@ class WebSocketPool(Generic[R]):
                 return
             with anyio.move_on_after(remaining):
                 await conn.wake.wait()  # only a retirement sets it while draining
+
+    def _wake_dispatcher(self) -> None:
+        ready = self._drained_ready
+        if ready is not None:
+            self._drained_ready = None
+            ready.set()
 
     async def _dispatch_drained(self) -> None:
         """The task that gives drained events to ``on_drained``, in order."""

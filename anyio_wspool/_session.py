@@ -125,20 +125,17 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         if self._terminal is not None:
             on_dead()
 
-    def pool_park(self, sink: Sink) -> int:
+    def pool_park(self, sink: Sink) -> None:
         """Hand every buffered message to ``sink`` and send later ones there too.
 
         Called synchronously when the connection goes back to the pool: what the
-        borrower left unread was sent before the next lease can begin. Returns
-        how many messages were flushed.
+        borrower left unread was sent before the next lease can begin.
         """
         inbox = self._inbox
-        flushed = len(inbox)
         while inbox:
             sink(inbox.popleft())
         self._sink = sink
         self._wake_space()
-        return flushed
 
     def pool_unpark(self) -> None:
         """Called synchronously when the connection is lent: keep messages for the borrower.

@@ -44,6 +44,7 @@ from _scenarios import (
     cycles_segment,
     floor_segment,
     interleave,
+    pooled_echo_segment,
     warm_pool,
 )
 
@@ -149,13 +150,7 @@ async def echo(peers: Peers, sizes: Sizes, rep: int, rec: Recorder, tasks: int) 
     async def ours() -> AsyncIterator[Segment]:
         async with open_pool(connect=peers.connect, max_connections=CONNECTIONS) as pool:
             await warm_pool(pool, CONNECTIONS)
-
-            async def one_round() -> None:
-                async with pool.connection() as ws:
-                    await ws.send(PAYLOAD)
-                    await ws.recv()
-
-            yield borrowers_segment(tasks, rounds, one_round)
+            yield pooled_echo_segment(pool, tasks, rounds)
 
     @asynccontextmanager
     async def aio() -> AsyncIterator[Segment]:

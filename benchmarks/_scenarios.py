@@ -267,6 +267,17 @@ def cycles_segment(cycles: int, loop: Callable[[int], Awaitable[None]]) -> Segme
     return segment
 
 
+def pooled_echo_segment(pool: WebSocketPool[Any], tasks: int, rounds: int) -> Segment:
+    """``tasks`` x ``rounds`` echoes of PAYLOAD, each in its own lease of a websockets client."""
+
+    async def one_round() -> None:
+        async with pool.connection() as ws:
+            await ws.send(PAYLOAD)
+            await ws.recv()
+
+    return borrowers_segment(tasks, rounds, one_round)
+
+
 def floor_segment(cycles: int, capacity: int) -> Segment:
     """The overhead floor: a bare ``CapacityLimiter`` acquire/release around a deque pop/append."""
     limiter = anyio.CapacityLimiter(capacity)
@@ -499,13 +510,7 @@ async def scenario_connector(ctx: Context) -> None:
     async def pooled() -> AsyncIterator[Segment]:
         async with open_pool(connect=connector, max_connections=connections) as pool:
             await warm_pool(pool, connections)
-
-            async def one_round() -> None:
-                async with pool.connection() as ws:
-                    await ws.send(PAYLOAD)
-                    await ws.recv()
-
-            yield borrowers_segment(tasks, rounds, one_round)
+            yield pooled_echo_segment(pool, tasks, rounds)
 
     @asynccontextmanager
     async def queued() -> AsyncIterator[Segment]:
