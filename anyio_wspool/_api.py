@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar, Unpack, overload
+from typing import Any, TypeVar, Unpack, cast, overload
 
 import httpx
 from httpx_ws import AsyncWebSocketSession
@@ -69,7 +69,9 @@ def open_pool(
         close: with ``connect``, an async callable that closes a resource.
         client: an ``httpx.AsyncClient`` to connect through (never closed by
             the pool); by default the pool makes one and closes it at the end.
-        **options: the pool's options and httpx-ws's (see SPEC.md / README).
+        **options: the pool's options, and for a pool given ``uri`` httpx-ws's
+            (``headers``, ``subprotocols``, ``max_message_size_bytes``, ...);
+            the README's option table lists each with its default.
 
     Examples:
         async with open_pool("wss://example.com/ws", max_connections=8) as pool:
@@ -77,6 +79,6 @@ def open_pool(
                 await ws.send_text("ping")
                 print(await ws.receive_text())
     """
-    if connect is not None:
-        return WebSocketPool(uri, connect=connect, close=close, client=client, **options)  # type: ignore[call-overload, no-any-return]
-    return WebSocketPool(uri, close=close, client=client, **options)  # type: ignore[call-overload, no-any-return]
+    # The arguments were typed by the overloads above; WebSocketPool checks them.
+    make = cast(Callable[..., WebSocketPool[Any]], WebSocketPool)
+    return make(uri, connect=connect, close=close, client=client, **options)

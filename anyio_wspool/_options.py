@@ -1,20 +1,25 @@
-"""Every option of the pool, its default and its validation.
+"""Every argument of ``open_pool``: options, defaults, validation, and the connector.
 
-Options are checked once, when the pool is created, so that a wrong type or
+Everything is checked once, when the pool is created, so that a wrong type or
 value fails before any connection is attempted, with a message that names the
-option and the value it was given.
+option and the value it was given (never the value of what may be a secret).
+:func:`configure` turns ``open_pool``'s arguments into a :class:`Config` and
+the :class:`~._connector.Connector` that the pool core will use.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
-__all__ = ("Config", "PoolOptions", "WsOptions", "parse_options")
+from ._connector import Connector, GenericConnector
+from ._httpx_ws import HttpxWsConnector, check_uri
 
-#: options of SPEC.md that a later version implements: refused until they work
+__all__ = ("Config", "PoolOptions", "WsOptions", "configure", "parse_options")
+
+#: options of the documented API that a later version implements: refused until they work
 NOT_YET_BUILT = frozenset(
     {
         "max_connecting",
@@ -49,7 +54,7 @@ WS_OPTIONS = frozenset(
 
 
 class PoolOptions(TypedDict, total=False):
-    """The pool's own options (SPEC.md, "open_pool"), for type checkers."""
+    """The pool's own options, for type checkers (:class:`Config` has their defaults)."""
 
     max_connections: int
     min_connections: int
@@ -91,32 +96,6 @@ class WsOptions(PoolOptions, total=False):
     follow_redirects: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    max_connections: int = 50
-    min_connections: int = 0
-    acquire_timeout: float | None = 30.0
-    connect_timeout: float = 10.0
-    connect_attempts: int = 3
-    retry_backoff: float = 0.5
-    retry_backoff_max: float = 10.0
-    idle_timeout: float | None = 60.0
-    max_lifetime: float | None = None
-    refresh_on_acquire: bool = False
-    cleanup_interval: float = 5.0
-    check_on_acquire: bool = False
-    on_connect: Callable[[Any], Awaitable[object]] | None = None
-    on_release: Callable[[Any], Awaitable[object]] | None = None
-    drain_on_release: bool = False
-    drain_timeout: float = 10.0
-    drain_quiet_period: float = 2.0
-    drain_condition: Callable[[Any], bool] | None = None
-    on_drained: Callable[[Any], object] | None = None
-    close_timeout: float = 5.0
-    #: httpx-ws keywords, validated, as given
-    ws: dict[str, Any] = field(default_factory=dict)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -151,12 +130,65 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-def check_callable(name: str, value: object, *, allow_none: bool = True) -> Any:
+def check_callable(name: str, value: object, allow_none: bool = True) -> Any:
     if value is None and allow_none:
         return None
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {value!r}")
     return value
+
+
+def _option(default: object, check: Callable[[str, Any], Any]) -> Any:
+    """A field of :class:`Config`: its default and the function that validates it."""
+    return field(default=default, metadata={"check": check})
+
+
+def _count(minimum: int) -> Callable[[str, Any], int]:
+    return lambda name, value: check_int(name, value, minimum=minimum)
+
+
+def _seconds(*, allow_none: bool = False, allow_zero: bool = False) -> Callable[[str, Any], Any]:
+    return lambda name, value: check_seconds(
+        name, value, allow_none=allow_none, allow_zero=allow_zero
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every option of the pool, its default and its check: the one table of them.
+
+    ``PoolOptions`` repeats the names and types for type checkers (a test keeps
+    the two in step); the README's option table explains each one.
+    """
+
+    max_connections: int = _option(50, _count(1))
+    min_connections: int = _option(0, _count(0))
+    acquire_timeout: float | None = _option(30.0, _seconds(allow_none=True, allow_zero=True))
+    connect_timeout: float = _option(10.0, _seconds())
+    connect_attempts: int = _option(3, _count(1))
+    retry_backoff: float = _option(0.5, _seconds(allow_zero=True))
+    retry_backoff_max: float = _option(10.0, _seconds())
+    idle_timeout: float | None = _option(60.0, _seconds(allow_none=True))
+    max_lifetime: float | None = _option(None, _seconds(allow_none=True))
+    refresh_on_acquire: bool = _option(False, check_bool)
+    cleanup_interval: float = _option(5.0, _seconds())
+    check_on_acquire: bool = _option(False, check_bool)
+    on_connect: Callable[[Any], Awaitable[object]] | None = _option(None, check_callable)
+    on_release: Callable[[Any], Awaitable[object]] | None = _option(None, check_callable)
+    drain_on_release: bool = _option(False, check_bool)
+    drain_timeout: float = _option(10.0, _seconds())
+    drain_quiet_period: float = _option(2.0, _seconds())
+    drain_condition: Callable[[Any], bool] | None = _option(None, check_callable)
+    on_drained: Callable[[Any], object] | None = _option(None, check_callable)
+    close_timeout: float = _option(5.0, _seconds())
+    #: httpx-ws keywords, validated, as given (not an option of its own)
+    ws: dict[str, Any] = field(default_factory=dict)
+
+
+#: each option's check, by name
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    f.name: f.metadata["check"] for f in fields(Config) if "check" in f.metadata
+}
 
 
 def _check_ws_option(name: str, value: Any) -> Any:
@@ -192,29 +224,8 @@ def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
                     "a uri, not to one given connect=; configure your connector instead"
                 )
             ws[name] = _check_ws_option(name, value)
-        elif name == "max_connections" or name == "connect_attempts":
-            pool[name] = check_int(name, value, minimum=1)
-        elif name == "min_connections":
-            pool[name] = check_int(name, value, minimum=0)
-        elif name == "acquire_timeout":
-            pool[name] = check_seconds(name, value, allow_none=True, allow_zero=True)
-        elif name in {
-            "connect_timeout",
-            "close_timeout",
-            "retry_backoff_max",
-            "cleanup_interval",
-            "drain_timeout",
-            "drain_quiet_period",
-        }:
-            pool[name] = check_seconds(name, value)
-        elif name == "retry_backoff":
-            pool[name] = check_seconds(name, value, allow_zero=True)
-        elif name in {"idle_timeout", "max_lifetime"}:
-            pool[name] = check_seconds(name, value, allow_none=True)
-        elif name in {"refresh_on_acquire", "check_on_acquire", "drain_on_release"}:
-            pool[name] = check_bool(name, value)
-        elif name in {"on_connect", "on_release", "drain_condition", "on_drained"}:
-            pool[name] = check_callable(name, value)
+        elif name in _CHECKS:
+            pool[name] = _CHECKS[name](name, value)
         else:
             # the value is not shown: an unknown keyword may well be a secret
             raise TypeError(f"open_pool() got an unexpected option {name!r}")
@@ -237,5 +248,41 @@ def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
     return config
 
 
-ConnectCallable = Callable[[], Any]
-CloseCallable = Callable[[Any], Awaitable[object]]
+def configure(
+    uri: object,
+    connect: Callable[[], Any] | None,
+    close: Callable[[Any], Awaitable[object]] | None,
+    client: object,
+    options: Mapping[str, Any],
+) -> tuple[Config, Connector[Any]]:
+    """Validate ``open_pool``'s arguments; return the configuration and the connector."""
+    connector: Connector[Any]
+    if connect is not None:
+        if uri is not None:
+            raise TypeError("pass either a uri or connect=, not both")
+        if client is not None:
+            raise TypeError("client= applies to a pool given a uri, not to one given connect=")
+        check_callable("connect", connect, allow_none=False)
+        check_callable("close", close)
+        config = parse_options(options, websocket=False)
+        connector = GenericConnector(connect, close, config.close_timeout)
+    else:
+        if uri is None:
+            raise TypeError(
+                "open_pool() needs a uri (ws://, wss://, http://, https://) or connect="
+            )
+        if close is not None:
+            raise TypeError(
+                "close= goes with connect=; a pool given a uri closes its WebSocket sessions itself"
+            )
+        url = check_uri(uri)
+        config = parse_options(options, websocket=True)
+        connector = HttpxWsConnector(
+            url,
+            client,
+            config.ws,
+            connect_timeout=config.connect_timeout,
+            close_timeout=config.close_timeout,
+        )
+    connector.check_capacity(config.max_connections)
+    return config, connector

@@ -1,60 +1,50 @@
-"""The pool.
+"""The pool: lending, capacity, the public API.
 
-How it works, in one paragraph: each connection is a :class:`_Conn`, a small
-state machine (:class:`_State`) hosted by its own task in the pool's task
-group. That *host task* opens the resource (enters the httpx-ws session's
-context), then sleeps until the connection is retired, then leaves the context:
-only the task that entered an httpx-ws session may exit it. Lending and giving
-back never wait for the host task: they are plain synchronous bookkeeping
-(a dict pop, a state change), so that a lend and a give-back cost about as
-much as a bare ``CapacityLimiter`` round trip. Capacity is one
+How it works, in one paragraph: each connection is a :class:`~._conn.Conn`, a
+small state machine hosted by its own task in the pool's task group
+(:mod:`._host`). That *host task* opens the resource (enters the connector's
+context manager), then sleeps until the connection is retired, then leaves the
+context: only the task that entered an httpx-ws session may exit it. Lending
+and giving back never wait for the host task: they are plain synchronous
+bookkeeping (a dict pop, a state change), so that a lend and a give-back cost
+about as much as a bare ``CapacityLimiter`` round trip. Capacity is one
 ``anyio.CapacityLimiter`` whose tokens are borrowed on behalf of the
 connections (not of tasks), which is what lets one task hold several leases.
-Borrowers that find no idle connection wait in one FIFO queue; a connection
-that comes back, or a new one that opens, goes to the first of them.
-Connections being opened are not bound to a borrower: a borrower that gives up
-leaves the new connection to the next one, or to the idle set.
+Borrowers that find no idle connection wait in one FIFO queue
+(:mod:`._waiters`); a connection that comes back, or a new one that opens,
+goes to the first of them. Connections being opened are not bound to a
+borrower: a borrower that gives up leaves the new connection to the next one,
+or to the idle set. What the pool knows about the resource itself (how to
+open it, whether it still works, how to read what arrives while nobody has
+it) comes from its connector (:mod:`._connector`).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import random
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from enum import IntEnum
 from types import TracebackType
-from typing import Any, Generic, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
 
 import anyio
 import anyio.lowlevel
-import httpx
 from anyio.abc import TaskGroup
-from httpx_ws import AsyncWebSocketSession
-from wsproto.events import BytesMessage, Event, TextMessage
 
-from ._connectors import (
-    GenericOps,
-    HttpxWsOps,
-    ResourceOps,
-    check_uri,
-    client_connection_limit,
-    is_transient,
-)
+from ._conn import TRANSITIONS, Conn, Reason, State
+from ._dispatch import Dispatcher
 from ._errors import PoolClosed, PoolError, PoolTimeout
-from ._options import (
-    PoolOptions,
-    WsOptions,
-    check_callable,
-    check_int,
-    check_seconds,
-    parse_options,
-)
-from ._redact import describe_error, install_httpx_redactor
-from ._stats import PoolStats
+from ._host import ConnectionHost
+from ._options import PoolOptions, WsOptions, check_int, check_seconds, configure
+from ._redact import describe_error
+from ._stats import COUNTER_NAMES, Counters, PoolStats, describe_gauges
+from ._waiters import Waiter, WaiterQueue
+
+if TYPE_CHECKING:
+    import httpx
+    from httpx_ws import AsyncWebSocketSession
 
 __all__ = ("WebSocketPool",)
 
@@ -62,74 +52,7 @@ logger = logging.getLogger("anyio_wspool")
 
 R = TypeVar("R")
 
-
-class _State(IntEnum):
-    CONNECTING = 0
-    IDLE = 1
-    LENT = 2
-    DRAINING = 3
-    CLOSING = 4
-    CLOSED = 5
-
-
-_CONNECTING, _IDLE, _LENT, _DRAINING, _CLOSING, _CLOSED = _State
-
-
-class _Conn(Generic[R]):
-    """One connection: its state and what its host task needs."""
-
-    __slots__ = (
-        "delay",
-        "expires_at",
-        "generation",
-        "idle_since",
-        "last_data",
-        "lease",
-        "lent_before",
-        "lifetime",
-        "opened",
-        "reason",
-        "resource",
-        "scope",
-        "state",
-        "wake",
-    )
-
-    def __init__(self, wake: anyio.Event, generation: int, delay: float = 0.0) -> None:
-        self.state = _CONNECTING
-        #: the pool's generation when this connection was started (see invalidate())
-        self.generation = generation
-        #: seconds to wait before the first attempt (background replacements back off)
-        self.delay = delay
-        #: drawn once, 90-100 % of max_lifetime; the deadline it gives
-        self.lifetime = math.inf
-        self.expires_at = math.inf
-        self.idle_since = 0.0
-        #: when the last server data counted by drain_condition arrived (draining)
-        self.last_data = 0.0
-        self.resource: R | None = None
-        self.opened = False
-        self.lent_before = False
-        #: incremented at each lend, so that a lease can tell it is still current
-        self.lease = 0
-        self.reason = ""
-        self.scope: anyio.CancelScope | None = None
-        #: set to make the host task look at the connection again (retire it)
-        self.wake = wake
-
-
-class _Waiter(Generic[R]):
-    """A borrower waiting for a connection: the pool fills in ``conn`` or ``error``."""
-
-    __slots__ = ("conn", "deadline", "error", "event", "fresh")
-
-    def __init__(self, fresh: bool, event: anyio.Event, deadline: float) -> None:
-        self.fresh = fresh
-        self.conn: _Conn[R] | None = None
-        self.error: BaseException | None = None
-        self.event = event
-        #: when acquire_timeout runs out (see WebSocketPool._expire_waiters)
-        self.deadline = deadline
+_CONNECTING, _IDLE, _LENT, _DRAINING, _CLOSING, _CLOSED = State
 
 
 class _Lease(Generic[R]):
@@ -140,7 +63,7 @@ class _Lease(Generic[R]):
     def __init__(self, pool: WebSocketPool[R], fresh: bool) -> None:
         self._pool = pool
         self._fresh = fresh
-        self._conn: _Conn[R] | None = None
+        self._conn: Conn[R] | None = None
         self._lease = 0
 
     async def __aenter__(self) -> R:
@@ -149,7 +72,7 @@ class _Lease(Generic[R]):
         conn = await self._pool._acquire(self._fresh)
         self._conn = conn
         self._lease = conn.lease
-        return conn.resource  # type: ignore[return-value]
+        return conn.resource
 
     async def __aexit__(
         self,
@@ -170,19 +93,20 @@ class _Lease(Generic[R]):
                 )
             return
         if exc_type is None:
-            pool._give_back(conn, discard=False, reason="")
+            pool._give_back(conn, None)
         else:
             # Its state is unknown (a half-sent message, an unread reply).
-            pool._give_back(conn, discard=True, reason="error_in_block")
+            pool._give_back(conn, Reason.ERROR_IN_BLOCK)
 
 
 class WebSocketPool(Generic[R]):
     """A pool of reusable connections: httpx-ws WebSocket sessions, or any resource.
 
-    Create it with :func:`open_pool` (or directly) and use it as an async
-    context manager: entering starts the pool's task group, leaving closes every
-    connection and ends every task the pool started. See SPEC.md for every
-    option and guarantee.
+    Create it with :func:`open_pool` (or directly, with the same arguments) and
+    use it as an async context manager: entering starts the pool's task group,
+    leaving closes every connection and ends every task the pool started, on
+    success, on error and on cancellation. Creating it needs no running event
+    loop; each pool can be entered once.
 
     Examples:
         Lend a connection for one exchange:
@@ -230,65 +154,27 @@ class WebSocketPool(Generic[R]):
         client: httpx.AsyncClient | None = None,
         **options: Any,
     ) -> None:
-        ops: ResourceOps[Any]
-        if connect is not None:
-            if uri is not None:
-                raise TypeError("pass either a uri or connect=, not both")
-            if client is not None:
-                raise TypeError("client= applies to a pool given a uri, not to one given connect=")
-            check_callable("connect", connect, allow_none=False)
-            check_callable("close", close)
-            config = parse_options(options, websocket=False)
-            ops = GenericOps(connect, close, config.close_timeout)
-        else:
-            if uri is None:
-                raise TypeError(
-                    "open_pool() needs a uri (ws://, wss://, http://, https://) or connect="
-                )
-            if close is not None:
-                raise TypeError(
-                    "close= goes with connect=; a pool given a uri closes its "
-                    "WebSocket sessions itself"
-                )
-            url = check_uri(uri)
-            given: object = client
-            if given is not None and not isinstance(given, httpx.AsyncClient):
-                if type(given).__module__.split(".")[0] == "httpx2":
-                    raise NotImplementedError(
-                        "httpx2 clients are part of the anyio_wspool contract but not "
-                        "supported in this version; pass an httpx.AsyncClient"
-                    )
-                raise TypeError(f"client must be an httpx.AsyncClient, got {type(given)!r}")
-            config = parse_options(options, websocket=True)
-            ops = HttpxWsOps(url, config.ws)
-        self._ops: ResourceOps[R] = ops  # type: ignore[assignment]
+        config, connector = configure(uri, connect, close, client, options)
         self._config = config
-        self._client = client
-        self._own_client = client is None and isinstance(ops, HttpxWsOps)
-        if client is not None:
-            self._check_client_limit(config.max_connections)
+        self._connector = connector
         self._limiter = anyio.CapacityLimiter(config.max_connections)
         self._capacity = config.max_connections
-        self._idle: OrderedDict[_Conn[R], None] = OrderedDict()
-        self._waiters: OrderedDict[_Waiter[R], None] = OrderedDict()
-        self._conns: set[_Conn[R]] = set()
-        self._lent: dict[int, _Conn[R]] = {}
-        self._counts = [0] * len(_State)
+        self._idle: OrderedDict[Conn[R], None] = OrderedDict()
+        self._waiters: WaiterQueue[R] = WaiterQueue()
+        self._conns: set[Conn[R]] = set()
+        self._lent: dict[int, Conn[R]] = {}
+        #: how many connections are in each State: the gauges, kept by _set_state
+        self._counts = [0] * len(State)
+        self._counters = Counters()
         self._tg: TaskGroup | None = None
+        self._host: ConnectionHost[R] | None = None
         self._entered = False
         self._closing = False
         self._all_closed: anyio.Event | None = None
-        self._redactor: Any = None
-        self._sink = self._drained
         #: whether a released connection goes through the host task before idle
         self._prepare_on_release = config.drain_on_release or config.on_release is not None
-        #: drained events waiting for the on_drained callback (see _dispatch_drained)
-        self._drained_queue: deque[Event] = deque()
-        self._drained_ready: anyio.Event | None = None
-        self._dispatch_scope = anyio.CancelScope()
-        self._dispatch_done = anyio.Event()
-        self._dispatch_stop = False
-        self._rng = random.Random()
+        #: runs on_drained; None when there is no callback
+        self._dispatcher = Dispatcher() if config.on_drained is not None else None
         #: bumped by invalidate(): connections of an older generation are not lent again
         self._generation = 0
         #: delay before the next background (re)connection, after failures
@@ -297,19 +183,9 @@ class WebSocketPool(Generic[R]):
         #: woken whenever a connection opens or the pool closes (wait_ready)
         self._state_waiter: anyio.Event | None = None
         #: the scope of the pool's own service tasks (the sweep, the waiters' timeouts)
-        self._service_scope = anyio.CancelScope()
-        self._watchdog_wakeup: anyio.Event | None = None
+        self._service_scope: anyio.CancelScope | None = None
         #: the running backend's Event class: anyio.Event() looks the backend up each time
-        self._event_class: Callable[[], anyio.Event] = anyio.Event
-        # counters
-        self._opened = 0
-        self._closed = 0
-        self._connect_failures = 0
-        self._acquired = 0
-        self._reused = 0
-        self._discarded = 0
-        self._acquire_timeouts = 0
-        self._drained_messages = 0
+        self._event_class: type[anyio.Event] = anyio.Event
 
     # -- public API -------------------------------------------------------------
 
@@ -321,6 +197,9 @@ class WebSocketPool(Generic[R]):
         On normal exit the connection goes back to the pool; if the block raises
         or is cancelled the connection is closed instead (its state is unknown)
         and the exception propagates unchanged.
+
+        A borrower cancelled while it waits leaves the queue without a trace; a
+        connection being opened for it is kept for the next borrower.
 
         Raises:
             PoolTimeout: no connection within ``acquire_timeout``.
@@ -343,14 +222,15 @@ class WebSocketPool(Generic[R]):
 
         Prefer :meth:`connection`: a connection taken here and never released
         stays lent until the pool closes (then it is closed, with a warning).
+        Raises what :meth:`connection` raises.
         """
         conn = await self._acquire(False)
-        return conn.resource  # type: ignore[return-value]
+        return conn.resource
 
     async def acquire_new(self) -> R:
         """Like :meth:`acquire`, with a newly opened connection (see :meth:`new_connection`)."""
         conn = await self._acquire(True)
-        return conn.resource  # type: ignore[return-value]
+        return conn.resource
 
     async def release(self, connection: R, *, discard: bool = False) -> None:
         """Give back a connection taken with :meth:`acquire`; ``discard=True`` closes it.
@@ -371,13 +251,16 @@ class WebSocketPool(Generic[R]):
                 f"release() was given {type(connection).__name__} object that this pool did "
                 "not lend, or that was released already"
             )
-        self._give_back(conn, discard=discard, reason="discarded" if discard else "")
+        self._give_back(conn, Reason.DISCARDED if discard else None)
 
     def prewarm(self, n: int = 1) -> None:
         """Open connections in the background, without waiting, until ``n`` are idle.
 
         Counts the connections already being opened; stops at capacity; does
         nothing when ``n`` connections are already idle. Failures are logged.
+
+        Raises:
+            PoolClosed: the pool is not open.
         """
         n = check_int("n", n, minimum=0)
         self._check_open()
@@ -402,7 +285,7 @@ class WebSocketPool(Generic[R]):
             return
         raise PoolTimeout(
             f"{self._open_count()} of min_connections={self._config.min_connections} "
-            f"connections to {self._ops.target} were open after {limit} s"
+            f"connections to {self._connector.target} were open after {limit} s"
         ) from self._last_connect_error
 
     def invalidate(self) -> None:
@@ -414,7 +297,7 @@ class WebSocketPool(Generic[R]):
         """
         self._generation += 1
         for conn in list(self._idle):
-            self._retire(conn, "invalidated")
+            self._retire(conn, Reason.INVALIDATED)
         self._grow()
 
     @property
@@ -425,14 +308,12 @@ class WebSocketPool(Generic[R]):
     @max_connections.setter
     def max_connections(self, value: int) -> None:
         value = check_int("max_connections", value, minimum=1)
-        if self._client is not None and not self._own_client:
-            self._check_client_limit(value)
+        self._connector.check_capacity(value)
         self._limiter.total_tokens = value
         self._capacity = value
         excess = self._limiter.borrowed_tokens - value
         while excess > 0 and self._idle:
-            oldest = next(iter(self._idle))
-            self._retire(oldest, "resized")
+            self._retire(next(iter(self._idle)), Reason.RESIZED)
             excess -= 1
         self._grow()
 
@@ -447,13 +328,13 @@ class WebSocketPool(Generic[R]):
 
         None for a pool given ``connect=``.
         """
-        url = getattr(self._ops, "url", None)
-        return None if url is None else self._ops.target
+        return self._connector.uri
 
     @property
     def stats(self) -> PoolStats:
         """A snapshot of the pool's gauges and counters."""
         counts = self._counts
+        counters = self._counters
         return PoolStats(
             max_connections=self.max_connections,
             connecting=counts[_CONNECTING],
@@ -462,53 +343,33 @@ class WebSocketPool(Generic[R]):
             draining=counts[_DRAINING],
             closing=counts[_CLOSING],
             waiting=len(self._waiters),
-            opened=self._opened,
-            closed=self._closed,
-            connect_failures=self._connect_failures,
-            acquired=self._acquired,
-            reused=self._reused,
-            discarded=self._discarded,
-            acquire_timeouts=self._acquire_timeouts,
-            drained_messages=self._drained_messages,
+            **{name: getattr(counters, name) for name in COUNTER_NAMES},
         )
 
     def __repr__(self) -> str:
-        counts = self._counts
         state = "closed" if self._closing else "open" if self._entered else "not started"
-        return (
-            f"<WebSocketPool {self._ops.target!r} {state} [{counts[_CONNECTING]} connecting, "
-            f"{counts[_IDLE]} idle, {counts[_LENT]} in use, {counts[_DRAINING]} draining | "
-            f"{len(self._waiters)} waiting] max_connections={self.max_connections}>"
-        )
+        return f"<WebSocketPool {self._connector.target!r} {state} [{describe_gauges(self.stats)}]>"
 
     async def __aenter__(self) -> WebSocketPool[R]:
         if self._entered:
             raise RuntimeError("a pool can be opened only once; create a new one")
         self._entered = True
         self._all_closed = anyio.Event()
-        self._redactor = install_httpx_redactor()
+        self._service_scope = anyio.CancelScope()
+        self._event_class = type(anyio.Event())
+        await self._connector.start()
         try:
-            if self._own_client:
-                self._client = httpx.AsyncClient(
-                    # The pool's limiter bounds the connections; the client's own
-                    # limit would only get in the way of a resize.
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-                    timeout=httpx.Timeout(self._config.connect_timeout),
-                )
-                await self._client.__aenter__()
-            if isinstance(self._ops, HttpxWsOps):
-                self._ops.client = self._client
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
         except BaseException:
-            await self._close_client()
-            self._redactor.remove()
+            await self._connector.aclose()
             raise
-        config = self._config
-        self._event_class = type(anyio.Event())
+        self._host = ConnectionHost(
+            self._config, self._connector, self._counters, self, self._event_class
+        )
         self._tg.start_soon(self._run_services, name="anyio_wspool services")
-        if config.on_drained is not None:
-            self._tg.start_soon(self._dispatch_drained, name="anyio_wspool on_drained")
+        if self._dispatcher is not None:
+            self._tg.start_soon(self._dispatcher.run, name="anyio_wspool callbacks")
         self._grow()  # min_connections
         return self
 
@@ -528,8 +389,7 @@ class WebSocketPool(Generic[R]):
                 # raise (their errors are contained), so nothing is lost.
                 await self._tg.__aexit__(None, None, None)
             finally:
-                await self._close_client()
-                self._redactor.remove()
+                await self._connector.aclose()
 
     async def aclose(self) -> None:
         """Close the pool and every connection; idempotent.
@@ -542,42 +402,28 @@ class WebSocketPool(Generic[R]):
         """
         if not self._closing:
             self._closing = True
-            self._service_scope.cancel()
+            if self._service_scope is not None:
+                self._service_scope.cancel()
             self._notify()
-            waiters = list(self._waiters)
-            self._waiters.clear()
-            for waiter in waiters:
-                waiter.error = PoolClosed("the pool was closed while waiting for a connection")
-                waiter.event.set()
+            self._waiters.fail_all(
+                lambda: PoolClosed("the pool was closed while waiting for a connection")
+            )
             for conn in list(self._conns):
                 if conn.state is _LENT:
                     logger.warning(
                         "closing a connection to %s that is still lent to a borrower",
-                        self._ops.target,
+                        self._connector.target,
                     )
-                self._retire(conn, "pool_closed")
+                self._retire(conn, Reason.POOL_CLOSED)
             if not self._conns and self._all_closed is not None:
                 self._all_closed.set()
         if self._all_closed is not None:
             await self._all_closed.wait()
-            await self._stop_dispatch()
+            if self._dispatcher is not None:
+                # What the closed connections drained goes to on_drained too.
+                await self._dispatcher.stop(self._config.close_timeout)
         else:
             await anyio.lowlevel.checkpoint()
-
-    async def _stop_dispatch(self) -> None:
-        """Give ``on_drained`` what the closed connections drained, within close_timeout."""
-        if self._config.on_drained is None or self._dispatch_done.is_set():
-            return
-        self._dispatch_stop = True
-        self._wake_dispatcher()
-        with anyio.move_on_after(self._config.close_timeout):
-            await self._dispatch_done.wait()
-        if not self._dispatch_done.is_set():
-            logger.warning(
-                "on_drained did not finish within close_timeout; %d drained event(s) dropped",
-                len(self._drained_queue),
-            )
-            self._dispatch_scope.cancel()
 
     # -- lending --------------------------------------------------------------------
 
@@ -589,7 +435,7 @@ class WebSocketPool(Generic[R]):
                 else "the pool is not open yet: use `async with open_pool(...) as pool`"
             )
 
-    async def _acquire(self, fresh: bool) -> _Conn[R]:
+    async def _acquire(self, fresh: bool) -> Conn[R]:
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         if not fresh:
@@ -603,79 +449,81 @@ class WebSocketPool(Generic[R]):
                 return conn
         return await self._wait(fresh)
 
-    def _take_idle(self) -> _Conn[R] | None:
+    def _take_idle(self) -> Conn[R] | None:
         """Lend the most recently used healthy idle connection, retiring unfit ones."""
         idle = self._idle
         while idle:
             conn, _ = idle.popitem()  # the most recently used: hot, likely alive
             reason = self._unfit(conn)
-            if not reason:
+            if reason is None:
                 self._lend(conn)
                 return conn
-            self._retire(conn, reason, discarded=reason == "server_closed")
+            self._retire(conn, reason)
         return None
 
-    def _unfit(self, conn: _Conn[R]) -> str:
-        """Why ``conn`` must not be lent (guarantee 4), or ``""``."""
-        if not self._ops.usable(conn.resource):  # type: ignore[arg-type]
-            return "server_closed"
-        if conn.expires_at != math.inf and anyio.current_time() >= conn.expires_at:
-            return "expired"
-        if conn.generation != self._generation:
-            return "invalidated"
-        return ""
+    def _unfit(self, conn: Conn[R]) -> Reason | None:
+        """Why ``conn`` must not be lent, or None: the one rule, for every path to a lend.
 
-    async def _answers_ping(self, conn: _Conn[R]) -> bool:
+        A connection is unfit when it no longer carries messages (the server
+        closed it, keep-alive failed), when its lifetime is over, or when it was
+        opened before :meth:`invalidate`.
+        """
+        if not self._connector.usable(conn.resource):
+            return Reason.SERVER_CLOSED
+        if conn.expires_at != math.inf and anyio.current_time() >= conn.expires_at:
+            return Reason.EXPIRED
+        if conn.generation != self._generation:
+            return Reason.INVALIDATED
+        return None
+
+    async def _answers_ping(self, conn: Conn[R]) -> bool:
         """``check_on_acquire``: ping a lent connection; retire it if no pong comes in time."""
         failure: BaseException | None = None
         try:
             with anyio.move_on_after(self._config.connect_timeout) as scope:
-                await self._ops.ping(conn.resource)  # type: ignore[arg-type]
+                await self._connector.ping(conn.resource)
         except Exception as exc:
             failure = exc
         except BaseException:
-            self._give_back(conn, discard=True, reason="ping_failed")
+            self._give_back(conn, Reason.PING_FAILED)
             raise
         if failure is None and not scope.cancelled_caught:
             return True
         logger.info(
             "an idle connection to %s did not answer a ping%s; replacing it",
-            self._ops.target,
+            self._connector.target,
             "" if failure is None else f" ({describe_error(failure)})",
         )
-        self._give_back(conn, discard=True, reason="ping_failed")
+        self._give_back(conn, Reason.PING_FAILED)
         return False
 
-    async def _wait(self, fresh: bool) -> _Conn[R]:
+    async def _wait(self, fresh: bool) -> Conn[R]:
         timeout = self._config.acquire_timeout
+        waiters = self._waiters
         if (
             timeout == 0
-            and self._limiter.available_tokens <= len(self._waiters) - self._counts[_CONNECTING]
+            and self._limiter.available_tokens <= len(waiters) - self._counts[_CONNECTING]
         ):
-            self._acquire_timeouts += 1
+            self._counters.acquire_timeouts += 1
             raise self._timeout_error(0.0)
-        waiters = self._waiters
-        if not waiters and self._watchdog_wakeup is not None:
-            self._watchdog_wakeup.set()
-        waiter: _Waiter[R] = _Waiter(
+        waiter: Waiter[R] = Waiter(
             fresh,
             self._event_class(),
             anyio.current_time() + timeout if timeout else math.inf,
         )
-        waiters[waiter] = None
+        waiters.add(waiter)
         self._grow()
         try:
-            # No cancel scope per waiter: waiters are queued in deadline order,
-            # and one task of the pool (_expire_waiters) fails those whose
-            # acquire_timeout ran out. With acquire_timeout=0 the borrower does
-            # not wait for a busy pool, but it does wait for the connection
+            # No cancel scope per waiter: the queue's expiry task fails those
+            # whose acquire_timeout ran out. With acquire_timeout=0 the borrower
+            # does not wait for a busy pool, but it does wait for the connection
             # opened for it.
             await waiter.event.wait()
         except BaseException:
             # Cancelled: leave no trace, and pass on a connection handed over
             # in the meantime.
-            if waiters.pop(waiter, waiter) is waiter and waiter.conn is not None:
-                self._give_back(waiter.conn, discard=False, reason="")
+            if not waiters.discard(waiter) and waiter.conn is not None:
+                self._give_back(waiter.conn, None)
             raise
         if waiter.conn is not None:
             self._count_lease(waiter.conn)
@@ -685,72 +533,47 @@ class WebSocketPool(Generic[R]):
         waiter.error = None
         raise error
 
-    async def _expire_waiters(self) -> None:
-        """Fail the waiters whose ``acquire_timeout`` ran out (a task of the pool).
-
-        Every waiter waits ``acquire_timeout`` from the moment it queues, so the
-        queue is in deadline order: only its head needs watching. This costs one
-        timer for the pool instead of a cancel scope with a timer per wait.
-        """
+    def _expired(self, waiter: Waiter[R]) -> BaseException:
+        """The error of a waiter whose ``acquire_timeout`` ran out."""
+        self._counters.acquire_timeouts += 1
         timeout = self._config.acquire_timeout
-        assert timeout
-        waiters = self._waiters
-        while True:
-            if not waiters:
-                self._watchdog_wakeup = self._event_class()
-                await self._watchdog_wakeup.wait()
-                self._watchdog_wakeup = None
-                continue
-            head = next(iter(waiters))
-            if head.deadline > anyio.current_time():
-                await anyio.sleep_until(head.deadline)
-                continue
-            now = anyio.current_time()
-            while waiters:
-                head = next(iter(waiters))
-                if head.deadline > now:
-                    break
-                del waiters[head]
-                self._acquire_timeouts += 1
-                head.error = self._timeout_error(timeout)
-                head.event.set()
+        assert timeout is not None
+        return self._timeout_error(timeout)
 
     def _timeout_error(self, waited: float) -> PoolTimeout:
-        counts = self._counts
         return PoolTimeout(
-            f"no connection to {self._ops.target} within {waited:.2f} s "
-            f"(acquire_timeout={self._config.acquire_timeout}; "
-            f"max_connections={self.max_connections}: {counts[_CONNECTING]} connecting, "
-            f"{counts[_IDLE]} idle, {counts[_LENT]} in use, {counts[_DRAINING]} draining, "
-            f"{counts[_CLOSING]} closing | {len(self._waiters)} waiting)"
+            f"no connection to {self._connector.target} within {waited:.2f} s "
+            f"(acquire_timeout={self._config.acquire_timeout}; {describe_gauges(self.stats)})"
         )
 
-    def _lend(self, conn: _Conn[R]) -> None:
+    def _lend(self, conn: Conn[R]) -> None:
         self._set_state(conn, _LENT)
         if self._config.refresh_on_acquire and conn.lifetime != math.inf:
             conn.expires_at = anyio.current_time() + conn.lifetime
         conn.lease += 1
         resource = conn.resource
         self._lent[id(resource)] = conn
-        self._ops.unpark(resource)  # type: ignore[arg-type]
+        self._connector.unpark(resource)
 
-    def _count_lease(self, conn: _Conn[R]) -> None:
-        self._acquired += 1
+    def _count_lease(self, conn: Conn[R]) -> None:
+        counters = self._counters
+        counters.acquired += 1
         if conn.lent_before:
-            self._reused += 1
+            counters.reused += 1
         conn.lent_before = True
 
-    def _give_back(self, conn: _Conn[R], *, discard: bool, reason: str) -> None:
-        """A lent connection comes back (synchronous: never waits for I/O)."""
+    def _give_back(self, conn: Conn[R], reason: Reason | None) -> None:
+        """A lent connection comes back, to be closed for ``reason`` if there is one.
+
+        Synchronous: it never waits for I/O.
+        """
         del self._lent[id(conn.resource)]
         if conn.state is not _LENT:
             return  # closed under its borrower (the pool closed, the host failed)
-        if discard:
-            self._retire(conn, reason, discarded=True)
-        elif self._closing:
-            self._retire(conn, "pool_closed")
-        elif reason := self._unfit(conn):
-            self._retire(conn, reason, discarded=reason == "server_closed")
+        if reason is None:
+            reason = Reason.POOL_CLOSED if self._closing else self._unfit(conn)
+        if reason is not None:
+            self._retire(conn, reason)
         elif self._prepare_on_release:
             # on_release and the drain are I/O: the host task does them, and the
             # borrower who released goes on at once.
@@ -759,51 +582,117 @@ class WebSocketPool(Generic[R]):
         else:
             self._put_back(conn)
 
-    def _put_back(self, conn: _Conn[R]) -> None:
+    def _put_back(self, conn: Conn[R]) -> None:
         """Hand a healthy connection to the first waiter, or make it idle."""
         if len(self._conns) > self._capacity:  # each connection holds one token
-            self._retire(conn, "resized")
+            self._retire(conn, Reason.RESIZED)
             return
         waiters = self._waiters
         if waiters:
-            waiter = next(iter(waiters))
+            waiter = waiters.first()
             if waiter.fresh and conn.lent_before:
                 # The first in line asked for a new connection: this one makes
                 # room for it (its capacity is reused once it is closed).
-                self._retire(conn, "make_room")
+                self._retire(conn, Reason.MAKE_ROOM)
                 return
-            del waiters[waiter]
             self._lend(conn)
-            waiter.conn = conn
-            waiter.event.set()
+            waiters.serve(waiter, conn)
             return
         self._set_state(conn, _IDLE)
         if self._config.idle_timeout is not None:
             conn.idle_since = anyio.current_time()
         self._idle[conn] = None
-        self._ops.park(conn.resource, self._sink)  # type: ignore[arg-type]
+        self._connector.park(conn.resource, self._drained)
 
-    def _drained(self, event: Event) -> None:
+    def _drained(self, event: Any) -> None:
         """Where server messages go that no borrower will read (idle or released).
 
         Counted, and given to ``on_drained`` by a task of the pool (so that the
         user's callback never runs in, nor blocks, a connection's reader), or
         logged at DEBUG by size only.
         """
-        self._drained_messages += 1
-        if self._config.on_drained is not None:
-            self._drained_queue.append(event)
-            self._wake_dispatcher()
+        self._counters.drained_messages += 1
+        if self._dispatcher is not None:
+            assert self._config.on_drained is not None
+            self._dispatcher.submit("on_drained", self._config.on_drained, event)
         elif logger.isEnabledFor(logging.DEBUG):
-            if isinstance(event, TextMessage | BytesMessage):
-                logger.debug(
-                    "drained a %d-byte %s message from a connection to %s",
-                    len(event.data),
-                    "text" if isinstance(event, TextMessage) else "binary",
-                    self._ops.target,
-                )
-            else:
-                logger.debug("drained a %s event", type(event).__name__)
+            logger.debug(
+                "drained %s from a connection to %s",
+                self._connector.describe(event),
+                self._connector.target,
+            )
+
+    # -- what the host tasks report (see _host.Keeper) ----------------------------------
+
+    def _connected(self, conn: Conn[R]) -> None:
+        config = self._config
+        conn.opened = True
+        self._counters.opened += 1
+        self._warm_delay = 0.0
+        if config.max_lifetime is not None:
+            assert self._host is not None
+            conn.lifetime = self._host.lifetime(config.max_lifetime)
+            conn.expires_at = anyio.current_time() + conn.lifetime
+        self._connector.attach(conn.resource, lambda: self._on_dead(conn))
+        if conn.state is not _CONNECTING:  # retired meanwhile (the pool is closing)
+            return
+        if self._closing:
+            self._retire(conn, Reason.POOL_CLOSED)
+        elif conn.generation != self._generation:
+            self._retire(conn, Reason.INVALIDATED)
+        else:
+            self._put_back(conn)
+        self._notify()
+
+    def _connect_failed(self, conn: Conn[R], error: Exception) -> None:
+        if conn.state is _CONNECTING:
+            conn.reason = Reason.CONNECT_FAILED
+            self._set_state(conn, _CLOSING)
+        if self._closing:
+            return
+        self._last_connect_error = error
+        waiters = self._waiters
+        if waiters:
+            waiters.fail(waiters.first(), error)
+        else:
+            # Nobody asked for this one (warm-up, replacement): back off before the next.
+            self._warm_delay = min(
+                self._config.retry_backoff_max,
+                max(self._config.retry_backoff, 2 * self._warm_delay),
+            )
+            logger.warning(
+                "could not open a connection to %s: %s",
+                self._connector.target,
+                describe_error(error),
+            )
+
+    def _prepared(self, conn: Conn[R]) -> None:
+        reason = self._unfit(conn)
+        if reason is not None:
+            self._retire(conn, reason)
+        else:
+            self._put_back(conn)
+
+    def _finished(self, conn: Conn[R]) -> None:
+        """The host task ends: the connection is closed, its capacity is free."""
+        if conn.state is not _CLOSING:
+            self._set_state(conn, _CLOSING)
+        if conn.opened:
+            self._counters.closed += 1
+            logger.debug("closed a connection to %s (%s)", self._connector.target, conn.reason)
+        self._set_state(conn, _CLOSED)
+        self._conns.discard(conn)
+        self._limiter.release_on_behalf_of(conn)
+        if self._closing:
+            if not self._conns and self._all_closed is not None:
+                self._all_closed.set()
+        else:
+            self._grow()
+
+    def _on_dead(self, conn: Conn[R]) -> None:
+        """The resource died on its own (server closed it, keep-alive failed)."""
+        if conn.state is _IDLE:
+            self._retire(conn, Reason.SERVER_CLOSED)
 
     # -- capacity and connections ---------------------------------------------------------
 
@@ -817,7 +706,8 @@ class WebSocketPool(Generic[R]):
             self._state_waiter = None
             waiter.set()
 
-    def _set_state(self, conn: _Conn[R], state: _State) -> None:
+    def _set_state(self, conn: Conn[R], state: State) -> None:
+        assert state in TRANSITIONS[conn.state], f"{conn.state!r} -> {state!r}"
         counts = self._counts
         counts[conn.state] -= 1
         counts[state] += 1
@@ -834,14 +724,15 @@ class WebSocketPool(Generic[R]):
         counts = self._counts
         connecting = counts[_CONNECTING]
         live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
-        for_waiters = len(self._waiters) - connecting
+        waiters = self._waiters
+        for_waiters = len(waiters) - connecting
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
         uncovered = max(for_waiters, for_others)
         limiter = self._limiter
         # (Checked first: at a full pool, every new waiter comes through here.)
         while uncovered > 0 and limiter.available_tokens >= 1:
             # Background openings back off after failures; borrowers never wait.
-            conn: _Conn[R] = _Conn(
+            conn: Conn[R] = Conn(
                 self._event_class(), self._generation, 0.0 if for_waiters > 0 else self._warm_delay
             )
             limiter.acquire_on_behalf_of_nowait(conn)
@@ -851,18 +742,20 @@ class WebSocketPool(Generic[R]):
         # A full pool: borrowers that asked for a new connection get room by
         # closing the idle connections that waited longest.
         for_waiters -= counts[_CLOSING]
-        while for_waiters > 0 and self._idle and next(iter(self._waiters)).fresh:
-            self._retire(next(iter(self._idle)), "make_room")
+        while for_waiters > 0 and self._idle and waiters.first().fresh:
+            self._retire(next(iter(self._idle)), Reason.MAKE_ROOM)
             for_waiters -= 1
 
-    def _start(self, conn: _Conn[R]) -> None:
-        counts = self._counts
-        counts[_CONNECTING] += 1
+    def _start(self, conn: Conn[R]) -> None:
+        self._counts[_CONNECTING] += 1
         self._conns.add(conn)
         assert self._tg is not None
-        self._tg.start_soon(self._host, conn, name=f"anyio_wspool host {self._ops.target}")
+        assert self._host is not None
+        self._tg.start_soon(
+            self._host.run, conn, name=f"anyio_wspool host {self._connector.target}"
+        )
 
-    def _retire(self, conn: _Conn[R], reason: str, *, discarded: bool = False) -> None:
+    def _retire(self, conn: Conn[R], reason: Reason) -> None:
         """Start closing a connection, whatever its state (synchronous)."""
         state = conn.state
         if state >= _CLOSING:
@@ -872,27 +765,28 @@ class WebSocketPool(Generic[R]):
         elif state is _DRAINING:
             # Released, maybe with messages its borrower never read: they are
             # drained like any other, not dropped unseen with the connection.
-            self._ops.park(conn.resource, self._sink)  # type: ignore[arg-type]
+            self._connector.park(conn.resource, self._drained)
         elif state is _CONNECTING and conn.scope is not None:
             conn.scope.cancel()
-        if discarded:
-            self._discarded += 1
+        if reason.discarded:
+            self._counters.discarded += 1
         conn.reason = reason
         self._set_state(conn, _CLOSING)
         conn.wake.set()
 
-    def _on_dead(self, conn: _Conn[R]) -> None:
-        """The resource died on its own (server closed it, keep-alive failed)."""
-        if conn.state is _IDLE:
-            self._retire(conn, "server_closed")
-
     async def _run_services(self) -> None:
         """The pool's own periodic work, ended by aclose(): the sweep, acquire timeouts."""
         config = self._config
+        assert self._service_scope is not None
         with self._service_scope:
             async with anyio.create_task_group() as tg:
                 if config.acquire_timeout:
-                    tg.start_soon(self._expire_waiters, name="anyio_wspool acquire timeouts")
+                    tg.start_soon(
+                        self._waiters.expire,
+                        self._expired,
+                        self._event_class,
+                        name="anyio_wspool acquire timeouts",
+                    )
                 if config.idle_timeout is not None or config.max_lifetime is not None:
                     tg.start_soon(self._sweep_forever, name="anyio_wspool sweep")
 
@@ -912,275 +806,11 @@ class WebSocketPool(Generic[R]):
         now = anyio.current_time()
         for conn in list(self._idle):
             reason = self._unfit(conn)
-            if reason:
-                self._retire(conn, reason, discarded=reason == "server_closed")
+            if reason is not None:
+                self._retire(conn, reason)
             elif (
                 idle_timeout is not None
                 and now - conn.idle_since >= idle_timeout
                 and self._open_count() > self._config.min_connections
             ):
-                self._retire(conn, "idle")
-
-    async def _host(self, conn: _Conn[R]) -> None:
-        """The task that owns one connection, from handshake to close."""
-        try:
-            await self._run(conn)
-        finally:
-            self._finish(conn)
-
-    async def _run(self, conn: _Conn[R]) -> None:
-        config = self._config
-        error: Exception | None = None
-        attempt = 0
-        # Retiring a connection that is still connecting cancels this scope.
-        with anyio.CancelScope() as outer:
-            conn.scope = outer
-            if conn.delay:
-                await anyio.sleep(conn.delay)
-            while True:
-                attempt += 1
-                scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
-                hook_error: Exception | None = None
-                try:
-                    with scope:
-                        async with self._ops.open() as resource:
-                            if config.on_connect is not None:
-                                # Caught here and raised below, outside the
-                                # session, whose task group would wrap it.
-                                try:
-                                    await config.on_connect(resource)
-                                except Exception as exc:
-                                    hook_error = exc
-                            if hook_error is None:
-                                # Connected: the deadline now only bounds the close.
-                                scope.deadline = math.inf
-                                self._connected(conn, resource)
-                                await self._serve(conn, resource)
-                                scope.deadline = anyio.current_time() + config.close_timeout
-                    if hook_error is not None:
-                        raise hook_error
-                except Exception as exc:
-                    if conn.opened:
-                        logger.warning(
-                            "a connection to %s failed in the background and was closed: %s",
-                            self._ops.target,
-                            describe_error(exc, with_traceback=True),
-                        )
-                        self._retire(conn, "error")
-                        return
-                    error = exc
-                else:
-                    if conn.opened:
-                        return
-                    error = self._ops.connect_timeout_error(config.connect_timeout)
-                self._connect_failures += 1
-                if attempt >= config.connect_attempts or not is_transient(error):
-                    break
-                delay = self._backoff(attempt)
-                logger.info(
-                    "connection attempt %d of %d to %s failed (%s); retrying in %.2f s",
-                    attempt,
-                    config.connect_attempts,
-                    self._ops.target,
-                    describe_error(error),
-                    delay,
-                )
-                await anyio.sleep(delay)
-        if outer.cancelled_caught or error is None:
-            return  # retired while connecting: the pool is closing or invalidated
-        if is_transient(error):
-            error.add_note(
-                f"anyio_wspool: {attempt} attempt(s) to connect to {self._ops.target} failed"
-            )
-        else:
-            error.add_note(
-                f"anyio_wspool: connecting to {self._ops.target} failed after {attempt} "
-                "attempt(s); this error is not retried"
-            )
-        self._connect_failed(conn, error)
-
-    async def _serve(self, conn: _Conn[R], resource: R) -> None:
-        """The host task's life while the connection is open: prepare releases, until retired."""
-        while True:
-            await conn.wake.wait()
-            conn.wake = self._event_class()
-            if conn.state is _DRAINING:
-                await self._prepare(conn, resource)
-            if conn.state >= _CLOSING:
-                return
-
-    async def _prepare(self, conn: _Conn[R], resource: R) -> None:
-        """Run ``on_release``, then drain stale server data, then put the connection back.
-
-        Both together are bounded by ``drain_timeout``: a hook that hangs, or a
-        server that keeps sending, gets the connection closed, never lent.
-        """
-        config = self._config
-        failure: Exception | None = None
-        with anyio.move_on_after(config.drain_timeout) as scope:
-            try:
-                if config.on_release is not None:
-                    await config.on_release(resource)
-                if config.drain_on_release and conn.state is _DRAINING:
-                    await self._drain(conn, resource)
-            except Exception as exc:
-                failure = exc
-        if conn.state is not _DRAINING:
-            return  # retired meanwhile (the pool closed, the server closed it)
-        if failure is not None:
-            logger.warning(
-                "on_release failed on a connection to %s; closing it: %s",
-                self._ops.target,
-                describe_error(failure),
-            )
-            self._retire(conn, "release_failed", discarded=True)
-        elif scope.cancelled_caught:
-            logger.info(
-                "a released connection to %s was still busy after drain_timeout=%g s; closing it",
-                self._ops.target,
-                config.drain_timeout,
-            )
-            self._retire(conn, "stale_data", discarded=True)
-        elif reason := self._unfit(conn):
-            self._retire(conn, reason, discarded=reason == "server_closed")
-        else:
-            self._put_back(conn)
-
-    async def _drain(self, conn: _Conn[R], resource: R) -> None:
-        """Wait until ``drain_quiet_period`` passes without server data (guarantee 7)."""
-        quiet = self._config.drain_quiet_period
-        condition = self._config.drain_condition
-        drained = self._drained
-
-        def sink(event: Event) -> None:
-            drained(event)
-            if condition is None or condition(event):
-                conn.last_data = anyio.current_time()
-
-        conn.last_data = anyio.current_time()
-        # What the borrower left unread goes to the sink now, what arrives later too.
-        self._ops.park(resource, sink)
-        while conn.state is _DRAINING:
-            remaining = conn.last_data + quiet - anyio.current_time()
-            if remaining <= 0:
-                return
-            with anyio.move_on_after(remaining):
-                await conn.wake.wait()  # only a retirement sets it while draining
-
-    def _wake_dispatcher(self) -> None:
-        ready = self._drained_ready
-        if ready is not None:
-            self._drained_ready = None
-            ready.set()
-
-    async def _dispatch_drained(self) -> None:
-        """The task that gives drained events to ``on_drained``, in order."""
-        callback = self._config.on_drained
-        assert callback is not None
-        queue = self._drained_queue
-        try:
-            with self._dispatch_scope:
-                while True:
-                    while queue:
-                        event = queue.popleft()
-                        try:
-                            result = callback(event)
-                            if inspect.isawaitable(result):
-                                await result
-                        except Exception as exc:
-                            logger.warning(
-                                "on_drained raised an exception (the pool goes on): %s",
-                                describe_error(exc, with_traceback=True),
-                            )
-                    if self._dispatch_stop:
-                        return
-                    self._drained_ready = anyio.Event()
-                    await self._drained_ready.wait()
-        finally:
-            self._dispatch_done.set()
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential back-off with full jitter, capped at ``retry_backoff_max``."""
-        config = self._config
-        cap = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempt - 1))
-        return self._rng.uniform(0.0, cap)
-
-    def _connected(self, conn: _Conn[R], resource: R) -> None:
-        config = self._config
-        conn.resource = resource
-        conn.opened = True
-        self._opened += 1
-        self._warm_delay = 0.0
-        if config.max_lifetime is not None:
-            # Jitter, so that connections opened together do not all expire together.
-            conn.lifetime = self._rng.uniform(0.9, 1.0) * config.max_lifetime
-            conn.expires_at = anyio.current_time() + conn.lifetime
-        self._ops.attach(resource, lambda: self._on_dead(conn), config.close_timeout)
-        if conn.state is not _CONNECTING:  # retired meanwhile (the pool is closing)
-            return
-        if self._closing:
-            self._retire(conn, "pool_closed")
-        elif conn.generation != self._generation:
-            self._retire(conn, "invalidated")
-        else:
-            self._put_back(conn)
-        self._notify()
-
-    def _connect_failed(self, conn: _Conn[R], error: Exception) -> None:
-        if conn.state is _CONNECTING:
-            self._set_state(conn, _CLOSING)
-        if self._closing:
-            return
-        self._last_connect_error = error
-        if self._waiters:
-            waiter = next(iter(self._waiters))
-            del self._waiters[waiter]
-            waiter.error = error
-            waiter.event.set()
-        else:
-            # Nobody asked for this one (warm-up, replacement): back off before the next.
-            self._warm_delay = min(
-                self._config.retry_backoff_max,
-                max(self._config.retry_backoff, 2 * self._warm_delay),
-            )
-            logger.warning(
-                "could not open a connection to %s: %s",
-                self._ops.target,
-                describe_error(error),
-            )
-
-    def _finish(self, conn: _Conn[R]) -> None:
-        """The host task ends: the connection is closed, its capacity is free."""
-        if conn.state is not _CLOSING:
-            self._set_state(conn, _CLOSING)
-        if conn.opened:
-            self._closed += 1
-            logger.debug("closed a connection to %s (%s)", self._ops.target, conn.reason)
-        self._set_state(conn, _CLOSED)
-        self._conns.discard(conn)
-        self._limiter.release_on_behalf_of(conn)
-        if self._closing:
-            if not self._conns and self._all_closed is not None:
-                self._all_closed.set()
-        else:
-            self._grow()
-
-    # -- clients ------------------------------------------------------------------------
-
-    def _check_client_limit(self, max_connections: int) -> None:
-        assert self._client is not None
-        limit = client_connection_limit(self._client)
-        if limit is not None and limit < max_connections:
-            raise ValueError(
-                f"the given httpx.AsyncClient allows at most {limit} connections "
-                f"(httpx.Limits.max_connections) but max_connections={max_connections}: "
-                "each open WebSocket holds one of the client's connections for its whole "
-                f"life. Give the client limits=httpx.Limits(max_connections={max_connections}) "
-                "or more, or lower max_connections."
-            )
-
-    async def _close_client(self) -> None:
-        if self._own_client and self._client is not None:
-            client, self._client = self._client, None
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._config.close_timeout):
-                await client.aclose()
+                self._retire(conn, Reason.IDLE)

@@ -2,8 +2,9 @@
 
 Two tools: :func:`redact_url` masks the password and the query values of one
 URL, :func:`redact_text` does the same for every URL inside a longer text (an
-exception message, a traceback). :class:`HttpxLogRedactor` applies them to the
-records of the ``httpx`` logger, which writes every request's full URL at INFO.
+exception message, a traceback). :func:`install_log_redactor` applies them to
+the records of another library's logger (httpx writes every request's full URL
+at INFO).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import logging
 import re
 import threading
 import traceback
+from collections import Counter
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-import httpx
-
-__all__ = ("describe_error", "install_httpx_redactor", "redact_text", "redact_url")
+__all__ = ("describe_error", "install_log_redactor", "redact_text", "redact_url")
 
 MASK = "***"
 
@@ -24,8 +24,8 @@ MASK = "***"
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
 
 
-def redact_url(url: str | httpx.URL) -> str:
-    """Return ``url`` with its password and the value of each query item masked.
+def redact_url(url: object) -> str:
+    """Return ``url`` (a ``str``, or a URL object) with its password and query values masked.
 
     User names, hosts, paths and query *names* are kept, so that the text still
     says where the pool connects. Text that does not parse as a URL is returned
@@ -70,8 +70,8 @@ def describe_error(exc: BaseException, *, with_traceback: bool = False) -> str:
     return redact_text(text)
 
 
-class HttpxLogRedactor(logging.Filter):
-    """Masks URL secrets in the records of the ``httpx`` logger.
+class UrlLogRedactor(logging.Filter):
+    """Masks URL secrets in the records of a library's logger.
 
     httpx logs ``HTTP Request: GET <full url> ...`` at INFO for every request,
     a WebSocket upgrade included, with the URL's password and query (where
@@ -83,44 +83,51 @@ class HttpxLogRedactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and args:
-            record.args = tuple(
-                redact_url(arg) if isinstance(arg, httpx.URL) else arg for arg in args
-            )
+            record.args = tuple(_redact_arg(arg) for arg in args)
         if isinstance(record.msg, str) and "://" in record.msg:
             record.msg = redact_text(record.msg)
         return True
 
 
-_redactor = HttpxLogRedactor()
-_installed = 0
+def _redact_arg(arg: object) -> object:
+    if isinstance(arg, int | float | bytes) or arg is None:
+        return arg
+    text = str(arg)
+    return redact_text(text) if "://" in text else arg
+
+
+_redactor = UrlLogRedactor()
+_installed: Counter[str] = Counter()
 _install_lock = threading.Lock()
 
 
-class _RedactorHandle:
-    __slots__ = ("_done",)
+class RedactorHandle:
+    """Takes the filter off its logger again (see :func:`install_log_redactor`)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_done", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._done = False
 
     def remove(self) -> None:
-        global _installed
         if self._done:
             return
         self._done = True
         with _install_lock:
-            _installed -= 1
-            if _installed == 0:
-                logging.getLogger("httpx").removeFilter(_redactor)
+            _installed[self._name] -= 1
+            if _installed[self._name] == 0:
+                del _installed[self._name]
+                logging.getLogger(self._name).removeFilter(_redactor)
 
 
-def install_httpx_redactor() -> _RedactorHandle:
-    """Put the redacting filter on the ``httpx`` logger until the handle is removed.
+def install_log_redactor(name: str) -> RedactorHandle:
+    """Put the redacting filter on logger ``name`` until the handle is removed.
 
     Reference-counted, so that several pools (in several threads) share one filter.
     """
-    global _installed
     with _install_lock:
-        if _installed == 0:
-            logging.getLogger("httpx").addFilter(_redactor)
-        _installed += 1
-    return _RedactorHandle()
+        if _installed[name] == 0:
+            logging.getLogger(name).addFilter(_redactor)
+        _installed[name] += 1
+    return RedactorHandle(name)

@@ -1,7 +1,7 @@
 """A hardened httpx-ws session: what the pool lends.
 
 httpx-ws 0.9's :class:`~httpx_ws.AsyncWebSocketSession` has four habits that a
-pool cannot live with (SPEC.md, "What the stack gets wrong"):
+pool cannot live with:
 
 * its reader hands every message over through a memory stream of size zero, so
   one message nobody reads stops the reader, and with it the pongs that
@@ -87,7 +87,8 @@ def _check_accept(response: httpx.Response) -> None:
 class PooledWebSocketSession(AsyncWebSocketSession):
     """An :class:`httpx_ws.AsyncWebSocketSession` fit for a pool (see the module doc)."""
 
-    #: seconds the closing handshake may take before the socket is aborted
+    #: seconds the closing handshake may take before the socket is aborted; the
+    #: pool's connector sets its ``close_timeout`` here (see :meth:`pool_attach`)
     close_timeout: float = 5.0
 
     def __init__(

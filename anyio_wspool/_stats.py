@@ -1,8 +1,10 @@
+"""What a pool reports about itself: :class:`PoolStats`, and the counters behind it."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-__all__ = ("PoolStats",)
+__all__ = ("Counters", "PoolStats", "describe_gauges")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,7 @@ class PoolStats:
     #: leases that were given a connection lent before
     reused: int
     #: connections closed because of their borrower or their health (error in
-    #: the block, ``release(discard=True)``, found dead when lent or released)
+    #: the block, ``release(discard=True)``, found dead, failed ping, stale data)
     discarded: int
     #: borrowers that gave up after ``acquire_timeout``
     acquire_timeouts: int
@@ -50,3 +52,30 @@ class PoolStats:
 
 
 PoolStats.__module__ = "anyio_wspool"
+
+
+@dataclass(slots=True)
+class Counters:
+    """The pool's running counters: the counter fields of :class:`PoolStats`, mutable."""
+
+    opened: int = 0
+    closed: int = 0
+    connect_failures: int = 0
+    acquired: int = 0
+    reused: int = 0
+    discarded: int = 0
+    acquire_timeouts: int = 0
+    drained_messages: int = 0
+
+
+#: the names of the counter fields, in PoolStats' order
+COUNTER_NAMES = tuple(field.name for field in fields(Counters))
+
+
+def describe_gauges(stats: PoolStats) -> str:
+    """The gauges in one line, for ``repr(pool)`` and error messages."""
+    return (
+        f"max_connections={stats.max_connections}: {stats.connecting} connecting, "
+        f"{stats.idle} idle, {stats.in_use} in use, {stats.draining} draining, "
+        f"{stats.closing} closing | {stats.waiting} waiting"
+    )

@@ -250,7 +250,7 @@ async def test_the_pools_own_client_is_closed_and_a_given_one_is_not(
     async with open_pool(ws_server.url) as own:
         async with own.connection():
             pass
-        made = own._client
+        made = own._connector._client  # type: ignore[attr-defined]
         assert made is not None
     assert made.is_closed
 

@@ -266,7 +266,8 @@ async def test_backoff_grows_and_is_capped() -> None:
     async with open_pool(
         connect=refused, connect_attempts=5, retry_backoff=0.04, retry_backoff_max=0.1
     ) as pool:
-        pool._rng.uniform = lambda a, b: b  # type: ignore[method-assign]
+        assert pool._host is not None
+        pool._host._rng.uniform = lambda a, b: b  # type: ignore[method-assign]
         with pytest.raises(ConnectionRefusedError):
             await pool.acquire()
     gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]

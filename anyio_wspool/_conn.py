@@ -1,0 +1,148 @@
+"""One pooled connection: its states, the moves between them, and why it ends.
+
+A connection is a small state machine. Its record, :class:`Conn`, is plain
+data; the pool changes its state synchronously (never across an ``await``),
+and the connection's own host task (:mod:`._host`) does its I/O.
+
+::
+
+    CONNECTING ──► IDLE ◄──► LENT ──► DRAINING ──► IDLE or LENT
+        │            │         │          │
+        └────────────┴─────────┴──────────┴──► CLOSING ──► CLOSED
+
+A connection that opens goes straight to a waiting borrower (LENT) or to the
+idle set; one that comes back goes to the next waiter (LENT again), to DRAINING
+when ``drain_on_release`` or ``on_release`` has work to do first, or to IDLE.
+Any live state may be retired (CLOSING), always with a :class:`Reason`; CLOSED
+is reached only when the host task has left the connection's context, and only
+then is its share of the capacity given back.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum, StrEnum
+from typing import Generic, TypeVar
+
+import anyio
+
+__all__ = ("TRANSITIONS", "Conn", "Reason", "State")
+
+R = TypeVar("R")
+
+
+class State(IntEnum):
+    CONNECTING = 0
+    IDLE = 1
+    LENT = 2
+    DRAINING = 3
+    CLOSING = 4
+    CLOSED = 5
+
+
+#: every move a connection may make; the pool asserts it on each change
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.CONNECTING: frozenset({State.IDLE, State.LENT, State.CLOSING}),
+    State.IDLE: frozenset({State.LENT, State.CLOSING}),
+    # LENT -> LENT: given back and handed straight to the next waiter.
+    State.LENT: frozenset({State.IDLE, State.LENT, State.DRAINING, State.CLOSING}),
+    State.DRAINING: frozenset({State.IDLE, State.LENT, State.CLOSING}),
+    State.CLOSING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+class Reason(StrEnum):
+    """Why a connection was retired: the values are what logs (and events) say."""
+
+    #: idle for longer than ``idle_timeout``
+    IDLE = "idle"
+    #: older than its share of ``max_lifetime``
+    EXPIRED = "expired"
+    #: no pong to the ``check_on_acquire`` ping in time
+    PING_FAILED = "ping_failed"
+    #: a released connection kept receiving (or its hook kept running) past ``drain_timeout``
+    STALE_DATA = "stale_data"
+    #: its borrower's block raised or was cancelled: its state is unknown
+    ERROR_IN_BLOCK = "error_in_block"
+    #: the server closed it, or it broke (keep-alive failed, socket error)
+    SERVER_CLOSED = "server_closed"
+    #: ``invalidate()`` was called after it opened
+    INVALIDATED = "invalidated"
+    #: the pool closed
+    POOL_CLOSED = "pool_closed"
+    #: its borrower gave it back with ``release(conn, discard=True)``
+    DISCARDED = "discarded"
+    #: ``on_release`` raised on it
+    RELEASE_FAILED = "release_failed"
+    #: closed to make room for a borrower who asked for a new connection
+    MAKE_ROOM = "make_room"
+    #: ``max_connections`` was lowered
+    RESIZED = "resized"
+    #: its context failed in the background (the connector's own task raised)
+    FAILED = "failed"
+    #: it never opened: every attempt failed
+    CONNECT_FAILED = "connect_failed"
+
+    @property
+    def discarded(self) -> bool:
+        """Whether it counts in ``PoolStats.discarded``: closed for its borrower or its health."""
+        return self in _DISCARDED
+
+
+_DISCARDED = frozenset(
+    {
+        Reason.PING_FAILED,
+        Reason.STALE_DATA,
+        Reason.ERROR_IN_BLOCK,
+        Reason.SERVER_CLOSED,
+        Reason.DISCARDED,
+        Reason.RELEASE_FAILED,
+        Reason.FAILED,
+    }
+)
+
+
+class Conn(Generic[R]):
+    """One connection's record: its state and what its host task needs."""
+
+    __slots__ = (
+        "delay",
+        "expires_at",
+        "generation",
+        "idle_since",
+        "last_data",
+        "lease",
+        "lent_before",
+        "lifetime",
+        "opened",
+        "reason",
+        "resource",
+        "scope",
+        "state",
+        "wake",
+    )
+
+    #: set by the host task once the connector yielded it; read only after ``opened``
+    resource: R
+
+    def __init__(self, wake: anyio.Event, generation: int, delay: float = 0.0) -> None:
+        self.state = State.CONNECTING
+        #: the pool's generation when this connection was started (see invalidate())
+        self.generation = generation
+        #: seconds to wait before the first attempt (background replacements back off)
+        self.delay = delay
+        #: drawn once, 90-100 % of max_lifetime; the deadline it gives
+        self.lifetime = math.inf
+        self.expires_at = math.inf
+        self.idle_since = 0.0
+        #: when the last server data counted by drain_condition arrived (draining)
+        self.last_data = 0.0
+        self.opened = False
+        self.lent_before = False
+        #: incremented at each lend, so that a lease can tell it is still current
+        self.lease = 0
+        self.reason = Reason.POOL_CLOSED
+        self.scope: anyio.CancelScope | None = None
+        #: set to make the host task look at the connection again
+        self.wake = wake

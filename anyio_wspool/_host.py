@@ -1,0 +1,250 @@
+"""The life of one connection, in the task that hosts it.
+
+Every connection has a *host task* in the pool's task group. It makes the
+connection attempts (each bounded by ``connect_timeout``, retried with
+exponential back-off and full jitter while the failure is transient), runs
+``on_connect``, and then, inside the connector's context manager, sleeps until
+the pool wakes it: to prepare a released connection (``on_release``, then the
+drain of stale server data), or to close it. Leaving the context closes the
+resource: only the task that entered an httpx-ws session may exit it.
+
+The host never decides alone what becomes of a connection. It reports to the
+pool's synchronous bookkeeping (the :class:`Keeper`): connected, failed,
+prepared, finished; the pool changes the state. Retiring a connection while it
+connects cancels the host's scope.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import anyio
+
+from ._conn import Conn, Reason, State
+from ._redact import describe_error
+
+if TYPE_CHECKING:
+    from ._connector import Connector
+    from ._options import Config
+    from ._stats import Counters
+
+__all__ = ("ConnectionHost", "Keeper")
+
+logger = logging.getLogger("anyio_wspool")
+
+R = TypeVar("R")
+
+
+class Keeper(Protocol[R]):
+    """What a host task reports to: the pool's synchronous bookkeeping."""
+
+    def _connected(self, conn: Conn[R]) -> None:
+        """``conn.resource`` opened (``on_connect`` included): lend it, keep it or close it."""
+
+    def _connect_failed(self, conn: Conn[R], error: Exception) -> None:
+        """Every attempt failed; ``error`` is the last one's."""
+
+    def _prepared(self, conn: Conn[R]) -> None:
+        """A released connection is ready to be lent again."""
+
+    def _retire(self, conn: Conn[R], reason: Reason) -> None:
+        """Close ``conn``."""
+
+    def _finished(self, conn: Conn[R]) -> None:
+        """The host task is over: the resource is closed."""
+
+    def _drained(self, event: Any) -> None:
+        """The sink of messages that no borrower will read."""
+
+
+class ConnectionHost(Generic[R]):
+    """The host tasks of one pool: :meth:`run` is the body of each."""
+
+    __slots__ = ("_config", "_connector", "_counters", "_event_class", "_keeper", "_rng")
+
+    def __init__(
+        self,
+        config: Config,
+        connector: Connector[R],
+        counters: Counters,
+        keeper: Keeper[R],
+        event_class: type[anyio.Event],
+    ) -> None:
+        self._config = config
+        self._connector = connector
+        self._counters = counters
+        self._keeper = keeper
+        self._event_class = event_class
+        self._rng = random.Random()
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...).
+
+        Exponential with full jitter: uniform between 0 and ``retry_backoff``
+        doubled at each attempt, capped at ``retry_backoff_max``.
+        """
+        config = self._config
+        cap = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempt - 1))
+        return self._rng.uniform(0.0, cap)
+
+    def lifetime(self, max_lifetime: float) -> float:
+        """A connection's share of ``max_lifetime``: 90-100 % of it, at random.
+
+        The jitter keeps connections opened together from expiring together.
+        """
+        return self._rng.uniform(0.9, 1.0) * max_lifetime
+
+    async def run(self, conn: Conn[R]) -> None:
+        """The host task of ``conn``, from the first attempt to the closed socket."""
+        try:
+            await self._connect_and_serve(conn)
+        finally:
+            self._keeper._finished(conn)
+
+    async def _connect_and_serve(self, conn: Conn[R]) -> None:
+        config = self._config
+        connector = self._connector
+        keeper = self._keeper
+        error: Exception | None = None
+        attempt = 0
+        # Retiring a connection that is still connecting cancels this scope.
+        with anyio.CancelScope() as outer:
+            conn.scope = outer
+            if conn.delay:
+                await anyio.sleep(conn.delay)
+            while True:
+                attempt += 1
+                scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
+                hook_error: Exception | None = None
+                try:
+                    with scope:
+                        async with connector.open() as resource:
+                            if config.on_connect is not None:
+                                # Caught here and raised below, outside the
+                                # session, whose task group would wrap it.
+                                try:
+                                    await config.on_connect(resource)
+                                except Exception as exc:
+                                    hook_error = exc
+                            if hook_error is None:
+                                # Connected: the deadline now only bounds the close.
+                                scope.deadline = math.inf
+                                conn.resource = resource
+                                keeper._connected(conn)
+                                await self._serve(conn)
+                                scope.deadline = anyio.current_time() + config.close_timeout
+                    if hook_error is not None:
+                        raise hook_error
+                except Exception as exc:
+                    if conn.opened:
+                        logger.warning(
+                            "a connection to %s failed in the background and was closed: %s",
+                            connector.target,
+                            describe_error(exc, with_traceback=True),
+                        )
+                        keeper._retire(conn, Reason.FAILED)
+                        return
+                    error = exc
+                else:
+                    if conn.opened:
+                        return
+                    error = connector.timeout_error(config.connect_timeout)
+                self._counters.connect_failures += 1
+                if attempt >= config.connect_attempts or not connector.is_transient(error):
+                    break
+                delay = self.backoff(attempt)
+                logger.info(
+                    "connection attempt %d of %d to %s failed (%s); retrying in %.2f s",
+                    attempt,
+                    config.connect_attempts,
+                    connector.target,
+                    describe_error(error),
+                    delay,
+                )
+                await anyio.sleep(delay)
+        if outer.cancelled_caught or error is None:
+            return  # retired while connecting: the pool is closing or invalidated
+        if connector.is_transient(error):
+            error.add_note(
+                f"anyio_wspool: {attempt} attempt(s) to connect to {connector.target} failed"
+            )
+        else:
+            error.add_note(
+                f"anyio_wspool: connecting to {connector.target} failed after {attempt} "
+                "attempt(s); this error is not retried"
+            )
+        keeper._connect_failed(conn, error)
+
+    async def _serve(self, conn: Conn[R]) -> None:
+        """While the connection is open: prepare its releases, until it is retired."""
+        while True:
+            await conn.wake.wait()
+            conn.wake = self._event_class()
+            if conn.state is State.DRAINING:
+                await self._prepare(conn)
+            if conn.state >= State.CLOSING:
+                return
+
+    async def _prepare(self, conn: Conn[R]) -> None:
+        """Run ``on_release``, then drain stale server data, then report to the pool.
+
+        Both together are bounded by ``drain_timeout``: a hook that hangs, or a
+        server that keeps sending, gets the connection closed, never lent.
+        """
+        config = self._config
+        failure: Exception | None = None
+        with anyio.move_on_after(config.drain_timeout) as scope:
+            try:
+                if config.on_release is not None:
+                    await config.on_release(conn.resource)
+                if config.drain_on_release and conn.state is State.DRAINING:
+                    await self._drain(conn)
+            except Exception as exc:
+                failure = exc
+        if conn.state is not State.DRAINING:
+            return  # retired meanwhile (the pool closed, the server closed it)
+        if failure is not None:
+            logger.warning(
+                "on_release failed on a connection to %s; closing it: %s",
+                self._connector.target,
+                describe_error(failure),
+            )
+            self._keeper._retire(conn, Reason.RELEASE_FAILED)
+        elif scope.cancelled_caught:
+            logger.info(
+                "a released connection to %s was still busy after drain_timeout=%g s; closing it",
+                self._connector.target,
+                config.drain_timeout,
+            )
+            self._keeper._retire(conn, Reason.STALE_DATA)
+        else:
+            self._keeper._prepared(conn)
+
+    async def _drain(self, conn: Conn[R]) -> None:
+        """Return once ``drain_quiet_period`` passed without server data.
+
+        What the borrower left unread, and what arrives while this waits, goes
+        to the pool's sink (``on_drained``); each message that
+        ``drain_condition`` counts (every message by default) restarts the
+        quiet period.
+        """
+        quiet = self._config.drain_quiet_period
+        condition = self._config.drain_condition
+        drained = self._keeper._drained
+
+        def sink(event: Any) -> None:
+            drained(event)
+            if condition is None or condition(event):
+                conn.last_data = anyio.current_time()
+
+        conn.last_data = anyio.current_time()
+        self._connector.park(conn.resource, sink)
+        while conn.state is State.DRAINING:
+            remaining = conn.last_data + quiet - anyio.current_time()
+            if remaining <= 0:
+                return
+            with anyio.move_on_after(remaining):
+                await conn.wake.wait()  # only a retirement sets it while draining

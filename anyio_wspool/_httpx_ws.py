@@ -1,0 +1,180 @@
+"""The connector of ``open_pool(uri)``: httpx-ws sessions over an httpx client.
+
+It owns the client's life (made for the pool and closed with it, or given and
+never closed; either way checked to allow as many connections as the pool),
+keeps the URI's secrets out of httpx's own log records while the pool is open,
+and opens each connection with httpx-ws's ``aconnect_ws`` and the hardened
+session class of :mod:`._session`, through which it reads, parks and unparks
+each session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, cast
+
+import anyio
+import httpx
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from wsproto.events import BytesMessage, TextMessage
+
+from ._connector import Connector, Sink
+from ._redact import RedactorHandle, install_log_redactor, redact_url
+from ._session import PooledWebSocketSession, hardened_session_class
+
+__all__ = ("HttpxWsConnector", "check_uri", "client_connection_limit")
+
+_SCHEMES = frozenset({"ws", "wss", "http", "https"})
+
+
+def check_uri(uri: object) -> httpx.URL:
+    """``uri`` as an ``httpx.URL``, or a ``TypeError``/``ValueError`` that masks its secrets."""
+    if not isinstance(uri, str | httpx.URL):
+        raise TypeError(f"uri must be a str or httpx.URL, got {type(uri).__name__}")
+    try:
+        url = httpx.URL(uri)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"uri {redact_url(uri)!r} is not a valid URL: {exc}") from None
+    if url.scheme not in _SCHEMES:
+        raise ValueError(
+            f"uri {redact_url(uri)!r} has scheme {url.scheme!r}; "
+            "expected one of ws://, wss://, http://, https://"
+        )
+    if not url.host:
+        raise ValueError(f"uri {redact_url(uri)!r} has no host")
+    return url
+
+
+def client_connection_limit(client: httpx.AsyncClient) -> int | None:
+    """How many connections ``client`` may open at once, when that can be told."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    limit = getattr(pool, "_max_connections", None)
+    return limit if isinstance(limit, int) else None
+
+
+def _pooled(resource: AsyncWebSocketSession) -> PooledWebSocketSession:
+    # Every session this connector opens is of a hardened class (see open()).
+    return cast(PooledWebSocketSession, resource)
+
+
+class HttpxWsConnector(Connector[AsyncWebSocketSession]):
+    """``open_pool(uri)``: httpx-ws sessions, hardened (see :mod:`._session`)."""
+
+    def __init__(
+        self,
+        url: httpx.URL,
+        client: object,
+        options: dict[str, Any],
+        *,
+        connect_timeout: float,
+        close_timeout: float,
+    ) -> None:
+        if client is not None and not isinstance(client, httpx.AsyncClient):
+            if type(client).__module__.split(".")[0] == "httpx2":
+                raise NotImplementedError(
+                    "httpx2 clients are not supported by this version of anyio_wspool; "
+                    "pass an httpx.AsyncClient"
+                )
+            raise TypeError(f"client must be an httpx.AsyncClient, got {type(client)!r}")
+        self.url = url
+        self.target = self.uri = redact_url(url)
+        self._given_client = client
+        self._client: httpx.AsyncClient | None = client
+        self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
+        options = dict(options)
+        headers = options.pop("headers", None)
+        # Copied now and again for every handshake: httpx-ws adds its upgrade
+        # headers to the dict it is given, and the caller's must stay untouched.
+        self._headers = httpx.Headers(headers) if headers is not None else httpx.Headers()
+        self._session_class = hardened_session_class(
+            options.pop("session_class", AsyncWebSocketSession)
+        )
+        self._options = options
+        self._redactor: RedactorHandle | None = None
+
+    # -- the client's life --------------------------------------------------
+
+    def check_capacity(self, max_connections: int) -> None:
+        if self._given_client is None:
+            return  # the pool's own client has no limit of its own
+        limit = client_connection_limit(self._given_client)
+        if limit is not None and limit < max_connections:
+            raise ValueError(
+                f"the given httpx.AsyncClient allows at most {limit} connections "
+                f"(httpx.Limits.max_connections) but max_connections={max_connections}: "
+                "each open WebSocket holds one of the client's connections for its whole "
+                f"life. Give the client limits=httpx.Limits(max_connections={max_connections}) "
+                "or more, or lower max_connections."
+            )
+
+    async def start(self) -> None:
+        # httpx logs each request's full URL at INFO: the upgrade's too.
+        self._redactor = install_log_redactor("httpx")
+        if self._given_client is None:
+            client = httpx.AsyncClient(
+                # The pool's limiter bounds the connections; the client's own
+                # limit would only get in the way of a resize.
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+                timeout=httpx.Timeout(self._connect_timeout),
+            )
+            try:
+                await client.__aenter__()
+            except BaseException:
+                self._redactor.remove()
+                raise
+            self._client = client
+
+    async def aclose(self) -> None:
+        try:
+            if self._given_client is None and self._client is not None:
+                client, self._client = self._client, None
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
+                    await client.aclose()
+        finally:
+            if self._redactor is not None:
+                self._redactor.remove()
+
+    # -- connecting -----------------------------------------------------------
+
+    def open(self) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
+        assert self._client is not None, "the pool has not started this connector"
+        return aconnect_ws(
+            str(self.url),
+            self._client,
+            headers=self._headers.copy(),
+            session_class=self._session_class,
+            **self._options,
+        )
+
+    def timeout_error(self, seconds: float) -> Exception:
+        return httpx.ConnectTimeout(
+            f"the WebSocket handshake with {self.target} took longer than "
+            f"connect_timeout={seconds:g} s"
+        )
+
+    def describe(self, event: object) -> str:
+        if isinstance(event, TextMessage):
+            return f"a {len(event.data)}-character text message"
+        if isinstance(event, BytesMessage):
+            return f"a {len(event.data)}-byte binary message"
+        return super().describe(event)
+
+    # -- lending ----------------------------------------------------------------
+
+    def attach(self, resource: AsyncWebSocketSession, on_dead: Callable[[], None]) -> None:
+        _pooled(resource).pool_attach(on_dead, self._close_timeout)
+
+    def usable(self, resource: AsyncWebSocketSession) -> bool:
+        return _pooled(resource).pool_usable
+
+    def park(self, resource: AsyncWebSocketSession, sink: Sink) -> None:
+        _pooled(resource).pool_park(sink)
+
+    def unpark(self, resource: AsyncWebSocketSession) -> None:
+        _pooled(resource).pool_unpark()
+
+    async def ping(self, resource: AsyncWebSocketSession) -> None:
+        pong = await resource.ping()
+        await pong.wait()

@@ -1,0 +1,120 @@
+"""Borrowers waiting for a connection: one FIFO queue and one timer for all of them.
+
+A borrower that finds nothing to lend queues a :class:`Waiter` and sleeps on
+its event. The pool serves the queue from its synchronous bookkeeping: it
+fills in ``conn`` (or ``error``), takes the waiter out of the queue and sets
+the event, so that a hand-off never waits for the borrower to run.
+
+Nobody waits with a cancel scope of its own: every borrower waits the same
+``acquire_timeout`` from the moment it queues, so the queue is also in
+deadline order, and a single task (:meth:`WaiterQueue.expire`) sleeps until
+the deadline of the head and fails those whose time ran out. That is one timer
+for the pool instead of one per wait.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+
+if TYPE_CHECKING:
+    from ._conn import Conn
+
+__all__ = ("Waiter", "WaiterQueue")
+
+R = TypeVar("R")
+
+
+class Waiter(Generic[R]):
+    """A borrower waiting for a connection: the pool fills in ``conn`` or ``error``."""
+
+    __slots__ = ("conn", "deadline", "error", "event", "fresh")
+
+    def __init__(self, fresh: bool, event: anyio.Event, deadline: float) -> None:
+        #: whether the borrower asked for a newly opened connection
+        self.fresh = fresh
+        self.conn: Conn[R] | None = None
+        self.error: BaseException | None = None
+        self.event = event
+        self.deadline = deadline
+
+
+class WaiterQueue(Generic[R]):
+    """The waiting borrowers, first come first served (O(1) removal of any of them)."""
+
+    __slots__ = ("_queue", "_wakeup")
+
+    def __init__(self) -> None:
+        self._queue: OrderedDict[Waiter[R], None] = OrderedDict()
+        #: set when a waiter joins an empty queue, to wake the expiry task
+        self._wakeup: anyio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def __iter__(self) -> Iterator[Waiter[R]]:
+        return iter(self._queue)
+
+    def first(self) -> Waiter[R]:
+        return next(iter(self._queue))
+
+    def add(self, waiter: Waiter[R]) -> None:
+        if not self._queue and self._wakeup is not None:
+            self._wakeup.set()
+        self._queue[waiter] = None
+
+    def discard(self, waiter: Waiter[R]) -> bool:
+        """Take ``waiter`` out of the queue; False if it was no longer in it."""
+        return self._queue.pop(waiter, waiter) is not waiter
+
+    def serve(self, waiter: Waiter[R], conn: Conn[R]) -> None:
+        """Hand ``conn`` (already lent) to ``waiter`` and wake it."""
+        del self._queue[waiter]
+        waiter.conn = conn
+        waiter.event.set()
+
+    def fail(self, waiter: Waiter[R], error: BaseException) -> None:
+        """Wake ``waiter`` with ``error`` to raise."""
+        del self._queue[waiter]
+        waiter.error = error
+        waiter.event.set()
+
+    def fail_all(self, error: Callable[[], BaseException]) -> None:
+        """Wake every waiter, each with an error of its own (``error()``)."""
+        waiters = list(self._queue)
+        self._queue.clear()
+        for waiter in waiters:
+            waiter.error = error()
+            waiter.event.set()
+
+    async def expire(
+        self, on_expired: Callable[[Waiter[R]], BaseException], event_class: type[anyio.Event]
+    ) -> None:
+        """Fail each waiter at its deadline with ``on_expired(waiter)``; runs until cancelled.
+
+        The queue is in deadline order (every waiter waits as long), so only its
+        head needs watching.
+        """
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wakeup = event_class()
+                await self._wakeup.wait()
+                self._wakeup = None
+                continue
+            head = next(iter(queue))
+            if head.deadline > anyio.current_time():
+                await anyio.sleep_until(head.deadline)
+                continue
+            now = anyio.current_time()
+            while queue:
+                head = next(iter(queue))
+                if head.deadline > now:
+                    break
+                self.fail(head, on_expired(head))
