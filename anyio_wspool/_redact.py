@@ -14,7 +14,7 @@ import re
 import threading
 import traceback
 from collections import Counter
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ("describe_error", "install_log_redactor", "redact_text", "redact_url")
 
@@ -29,14 +29,16 @@ def redact_url(url: object) -> str:
 
     User names, hosts, paths and query *names* are kept, so that the text still
     says where the pool connects. Text that does not parse as a URL is returned
-    with every ``:password@`` and ``=value`` masked, erring on the side of hiding.
+    with every ``:password@`` and its whole query masked, erring on the side of
+    hiding.
     """
     text = str(url)
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018  (raises ValueError on a malformed port)
     except ValueError:
-        return re.sub(r"=[^&#\s]*", "=" + MASK, re.sub(r":[^:/@\s]*@", ":" + MASK + "@", text))
+        text = re.sub(r":[^:/@\s]*@", ":" + MASK + "@", text)
+        return re.sub(r"\?[^\s#]*", "?" + MASK, text)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
@@ -44,8 +46,11 @@ def redact_url(url: object) -> str:
         netloc = f"{user}:{MASK}@{hostport}" if sep else f"{user}@{hostport}"
     query = parts.query
     if query:
-        items = parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{quote(name, safe='')}={MASK}" for name, _ in items) if items else MASK
+        # A query item without "=" is a bare token (``?eyJ...``): masked whole.
+        query = "&".join(
+            f"{name}={MASK}" if sep else MASK
+            for name, sep, _ in (item.partition("=") for item in query.split("&"))
+        )
     fragment = parts.fragment
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
