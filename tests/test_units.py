@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 import typing
@@ -198,3 +199,31 @@ def test_every_option_and_its_default_is_in_the_readme() -> None:
 def test_stats_counters_are_the_counter_fields_of_pool_stats() -> None:
     names = [field.name for field in fields(PoolStats)]
     assert names[-len(COUNTER_NAMES) :] == list(COUNTER_NAMES)
+
+
+PACKAGE = README.parent / "anyio_wspool"
+CORE = ("_pool.py", "_conn.py", "_host.py", "_waiters.py", "_dispatch.py")
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_the_core_does_not_import_the_websocket_stack(module: str) -> None:
+    tree = ast.parse((PACKAGE / module).read_text())
+    # What runs: every statement but the `if TYPE_CHECKING:` blocks (types only).
+    running = [
+        node
+        for node in tree.body
+        if not (isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    ]
+    imported: set[str] = set()
+    for node in (inner for top in running for inner in ast.walk(top)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+    assert "anyio" in imported
+    assert imported.isdisjoint({"httpx", "httpx_ws", "wsproto"}), imported
+
+
+def test_the_package_stands_on_its_own_docs() -> None:
+    for path in PACKAGE.glob("*.py"):
+        assert "SPEC" not in path.read_text(), path.name
