@@ -107,6 +107,7 @@ class Conn(Generic[R]):
     """One connection's record: its state and what its host task needs."""
 
     __slots__ = (
+        "background",
         "delay",
         "expires_at",
         "generation",
@@ -126,10 +127,14 @@ class Conn(Generic[R]):
     #: set by the host task once the connector yielded it; read only after ``opened``
     resource: R
 
-    def __init__(self, wake: anyio.Event, generation: int, delay: float = 0.0) -> None:
+    def __init__(
+        self, wake: anyio.Event, generation: int, *, background: bool, delay: float = 0.0
+    ) -> None:
         self.state = State.CONNECTING
         #: the pool's generation when this connection was started (see invalidate())
         self.generation = generation
+        #: opened for no borrower in particular (min_connections, prewarm)
+        self.background = background
         #: seconds to wait before the first attempt (background replacements back off)
         self.delay = delay
         #: drawn once, 90-100 % of max_lifetime; the deadline it gives
@@ -143,6 +148,8 @@ class Conn(Generic[R]):
         #: incremented at each lend, so that a lease can tell it is still current
         self.lease = 0
         self.reason = Reason.POOL_CLOSED
+        #: what a retirement must stop: connecting, backing off, on_connect,
+        #: on_release, the drain, a check_on_acquire ping (None otherwise)
         self.scope: anyio.CancelScope | None = None
         #: set to make the host task look at the connection again
         self.wake = wake

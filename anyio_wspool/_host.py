@@ -10,8 +10,10 @@ resource: only the task that entered an httpx-ws session may exit it.
 
 The host never decides alone what becomes of a connection. It reports to the
 pool's synchronous bookkeeping (the :class:`Keeper`): connected, failed,
-prepared, finished; the pool changes the state. Retiring a connection while it
-connects cancels the host's scope.
+prepared, finished; the pool changes the state. Whatever the host is doing
+for a connection that is not lent (connecting, backing off, ``on_connect``,
+``on_release``, draining) runs in the cancel scope ``conn.scope``, which
+retiring the connection cancels: a pool that closes never waits for it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class Keeper(Protocol[R]):
 
     def _retire(self, conn: Conn[R], reason: Reason) -> None:
         """Close ``conn``."""
+
+    async def _pause(self, conn: Conn[R], delay: float) -> None:
+        """Back off ``delay`` seconds before the next attempt (cut short when needed)."""
 
     def _finished(self, conn: Conn[R]) -> None:
         """The host task is over: the resource is closed."""
@@ -108,13 +113,16 @@ class ConnectionHost(Generic[R]):
         config = self._config
         connector = self._connector
         keeper = self._keeper
+        if conn.state is not State.CONNECTING:
+            return  # retired before this task first ran (the pool closed at once)
         error: Exception | None = None
         attempt = 0
-        # Retiring a connection that is still connecting cancels this scope.
+        # Retiring the connection cancels this scope while it connects: the
+        # attempts, the back-off between them and on_connect.
         with anyio.CancelScope() as outer:
             conn.scope = outer
             if conn.delay:
-                await anyio.sleep(conn.delay)
+                await keeper._pause(conn, conn.delay)
             while True:
                 attempt += 1
                 scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
@@ -132,6 +140,7 @@ class ConnectionHost(Generic[R]):
                             if hook_error is None:
                                 # Connected: the deadline now only bounds the close.
                                 scope.deadline = math.inf
+                                conn.scope = None
                                 conn.resource = resource
                                 keeper._connected(conn)
                                 await self._serve(conn)
@@ -164,7 +173,8 @@ class ConnectionHost(Generic[R]):
                     describe_error(error),
                     delay,
                 )
-                await anyio.sleep(delay)
+                await keeper._pause(conn, delay)
+        conn.scope = None
         if outer.cancelled_caught or error is None:
             return  # retired while connecting: the pool is closing or invalidated
         if connector.is_transient(error):
@@ -196,7 +206,8 @@ class ConnectionHost(Generic[R]):
         """
         config = self._config
         failure: Exception | None = None
-        with anyio.move_on_after(config.drain_timeout) as scope:
+        # Retiring the connection (the pool closes) cancels the hook and the drain.
+        with anyio.CancelScope() as conn.scope, anyio.move_on_after(config.drain_timeout) as scope:
             try:
                 if config.on_release is not None:
                     await config.on_release(conn.resource)
@@ -204,6 +215,7 @@ class ConnectionHost(Generic[R]):
                     await self._drain(conn)
             except Exception as exc:
                 failure = exc
+        conn.scope = None
         if conn.state is not State.DRAINING:
             return  # retired meanwhile (the pool closed, the server closed it)
         if failure is not None:

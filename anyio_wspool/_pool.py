@@ -84,7 +84,7 @@ class _Lease(Generic[R]):
         assert conn is not None
         self._conn = None
         pool = self._pool
-        if conn.lease != self._lease or pool._lent.get(id(conn.resource)) is not conn:
+        if conn.lease != self._lease:
             # Given back by hand inside the block (and maybe lent again since).
             if exc_type is None and not pool._closing:
                 raise PoolError(
@@ -162,7 +162,9 @@ class WebSocketPool(Generic[R]):
         self._idle: OrderedDict[Conn[R], None] = OrderedDict()
         self._waiters: WaiterQueue[R] = WaiterQueue()
         self._conns: set[Conn[R]] = set()
-        self._lent: dict[int, Conn[R]] = {}
+        #: lent connections by id() of their resource: leases are tracked by
+        #: connection, and a connector may yield one object for several of them
+        self._lent: dict[int, list[Conn[R]]] = {}
         #: how many connections are in each State: the gauges, kept by _set_state
         self._counts = [0] * len(State)
         self._counters = Counters()
@@ -171,6 +173,10 @@ class WebSocketPool(Generic[R]):
         self._entered = False
         self._closing = False
         self._all_closed: anyio.Event | None = None
+        #: when aclose() began (on the pool's clock)
+        self._closed_at = 0.0
+        #: background connections backing off between attempts (see _pause)
+        self._paused: set[Conn[R]] = set()
         #: whether a released connection goes through the host task before idle
         self._prepare_on_release = config.drain_on_release or config.on_release is not None
         #: runs on_drained; None when there is no callback
@@ -243,8 +249,8 @@ class WebSocketPool(Generic[R]):
         """
         if not isinstance(discard, bool):
             raise TypeError(f"discard must be a bool, got {discard!r}")
-        conn = self._lent.get(id(connection))
-        if conn is None or conn.resource is not connection:
+        conn = self._lent_conn(connection)
+        if conn is None:
             if self._closing:
                 return
             raise PoolError(
@@ -252,6 +258,13 @@ class WebSocketPool(Generic[R]):
                 "not lend, or that was released already"
             )
         self._give_back(conn, Reason.DISCARDED if discard else None)
+
+    def _lent_conn(self, resource: object) -> Conn[R] | None:
+        """The connection lent most recently with ``resource``, if one is lent."""
+        for conn in reversed(self._lent.get(id(resource), ())):
+            if conn.resource is resource:
+                return conn
+        return None
 
     def prewarm(self, n: int = 1) -> None:
         """Open connections in the background, without waiting, until ``n`` are idle.
@@ -379,29 +392,48 @@ class WebSocketPool(Generic[R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._tg is not None
+        tg = self._tg
+        assert tg is not None
+        # The pool's task group is shielded from here on, so that the
+        # connections are closed even when the scope around the pool is
+        # cancelled, and so that no cancellation of the pool's own waits
+        # replaces the exception leaving the block. It is bounded all the same:
+        # each close is bounded by close_timeout, and whatever still runs after
+        # that (a connector whose exit hangs) is cancelled.
+        tg.cancel_scope.shield = True
         try:
-            await self.aclose()
+            with anyio.move_on_after(2 * self._config.close_timeout + 1.0):
+                await self.aclose()
         finally:
+            tg.cancel_scope.cancel()
             try:
                 # The user's exception is deliberately not passed in: the task
-                # group would wrap it in an ExceptionGroup. The host tasks never
-                # raise (their errors are contained), so nothing is lost.
-                await self._tg.__aexit__(None, None, None)
+                # group would wrap it in an ExceptionGroup. The host tasks
+                # never raise (their errors are contained).
+                await tg.__aexit__(None, None, None)
             finally:
-                await self._connector.aclose()
+                with anyio.CancelScope(shield=True):
+                    await self._connector.aclose()
+        if exc_type is None:
+            # A cancellation of the scope around the pool is delivered here.
+            await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def aclose(self) -> None:
         """Close the pool and every connection; idempotent.
 
-        Waiting borrowers get :class:`PoolClosed`; idle, draining and lent
-        connections are closed (a borrower's next I/O fails, its release is a
-        no-op). Each close is bounded by ``close_timeout``. If this call is
+        Waiting borrowers get :class:`PoolClosed` at once, a borrower pinging
+        a connection (``check_on_acquire``) included; connections being opened
+        are abandoned (handshakes, back-offs and ``on_connect`` cancelled), and
+        those being drained or prepared (``on_release``) are closed at once;
+        idle and lent connections are closed (a borrower's next I/O fails, its
+        release is a no-op). Each close is bounded by ``close_timeout``, and so
+        is the delivery of what is left for ``on_drained``. If this call is
         cancelled the connections still close, and leaving the pool's block
         waits for them.
         """
         if not self._closing:
             self._closing = True
+            self._closed_at = anyio.current_time() if self._entered else 0.0
             if self._service_scope is not None:
                 self._service_scope.cancel()
             self._notify()
@@ -409,7 +441,7 @@ class WebSocketPool(Generic[R]):
                 lambda: PoolClosed("the pool was closed while waiting for a connection")
             )
             for conn in list(self._conns):
-                if conn.state is _LENT:
+                if conn.state is _LENT and conn.scope is None:
                     logger.warning(
                         "closing a connection to %s that is still lent to a borrower",
                         self._connector.target,
@@ -420,8 +452,10 @@ class WebSocketPool(Generic[R]):
         if self._all_closed is not None:
             await self._all_closed.wait()
             if self._dispatcher is not None:
-                # What the closed connections drained goes to on_drained too.
-                await self._dispatcher.stop(self._config.close_timeout)
+                # What the closed connections drained goes to on_drained too,
+                # within what is left of close_timeout.
+                left = self._closed_at + self._config.close_timeout - anyio.current_time()
+                await self._dispatcher.stop(max(left, 0.0))
         else:
             await anyio.lowlevel.checkpoint()
 
@@ -438,16 +472,37 @@ class WebSocketPool(Generic[R]):
     async def _acquire(self, fresh: bool) -> Conn[R]:
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        if not fresh:
-            while not self._waiters:
-                conn = self._take_idle()
-                if conn is None:
-                    break
-                if self._config.check_on_acquire and not await self._answers_ping(conn):
-                    continue
-                self._count_lease(conn)
-                return conn
-        return await self._wait(fresh)
+        if fresh or self._waiters:
+            return await self._wait(fresh)
+        conn = self._take_idle()
+        if conn is None:
+            return await self._wait(fresh)
+        if self._config.check_on_acquire:
+            return await self._acquire_checked(conn)
+        self._count_lease(conn)
+        return conn
+
+    async def _acquire_checked(self, conn: Conn[R]) -> Conn[R]:
+        """``check_on_acquire``: lend ``conn`` if it answers a ping, else the next one.
+
+        The borrower keeps its place: after a failed ping it takes the next idle
+        connection before anyone who queued meanwhile, or waits at the head of
+        the queue, and its pings and its wait share one ``acquire_timeout``.
+        """
+        timeout = self._config.acquire_timeout
+        deadline = anyio.current_time() + timeout if timeout else math.inf
+        while not await self._answers_ping(conn, deadline):
+            if self._closing:
+                raise PoolClosed("the pool was closed while waiting for a connection")
+            if anyio.current_time() >= deadline:
+                self._counters.acquire_timeouts += 1
+                raise self._timeout_error(self._config.acquire_timeout or 0.0)
+            next_conn = self._take_idle()
+            if next_conn is None:
+                return await self._wait(False, deadline, first=True)
+            conn = next_conn
+        self._count_lease(conn)
+        return conn
 
     def _take_idle(self) -> Conn[R] | None:
         """Lend the most recently used healthy idle connection, retiring unfit ones."""
@@ -476,42 +531,61 @@ class WebSocketPool(Generic[R]):
             return Reason.INVALIDATED
         return None
 
-    async def _answers_ping(self, conn: Conn[R]) -> bool:
-        """``check_on_acquire``: ping a lent connection; retire it if no pong comes in time."""
+    async def _answers_ping(self, conn: Conn[R], deadline: float) -> bool:
+        """Ping a lent connection; retire it unless a pong comes in time.
+
+        In time: within ``connect_timeout``, and before ``deadline`` (what is
+        left of the borrower's ``acquire_timeout``). The ping runs in the
+        connection's scope, so that closing the pool stops it at once.
+        """
+        config = self._config
+        limit = min(config.connect_timeout, deadline - anyio.current_time())
         failure: BaseException | None = None
         try:
-            with anyio.move_on_after(self._config.connect_timeout) as scope:
+            with anyio.CancelScope() as conn.scope, anyio.move_on_after(limit) as timer:
                 await self._connector.ping(conn.resource)
         except Exception as exc:
             failure = exc
         except BaseException:
+            conn.scope = None
             self._give_back(conn, Reason.PING_FAILED)
             raise
-        if failure is None and not scope.cancelled_caught:
+        conn.scope = None
+        if failure is None and not timer.cancelled_caught and conn.state is _LENT:
             return True
-        logger.info(
-            "an idle connection to %s did not answer a ping%s; replacing it",
-            self._connector.target,
-            "" if failure is None else f" ({describe_error(failure)})",
-        )
+        if conn.state is _LENT:
+            logger.info(
+                "an idle connection to %s did not answer a ping%s; replacing it",
+                self._connector.target,
+                "" if failure is None else f" ({describe_error(failure)})",
+            )
         self._give_back(conn, Reason.PING_FAILED)
         return False
 
-    async def _wait(self, fresh: bool) -> Conn[R]:
+    async def _wait(
+        self, fresh: bool, deadline: float | None = None, *, first: bool = False
+    ) -> Conn[R]:
+        """Queue for a connection (at the head when ``first``) until one is handed over.
+
+        Raises:
+            PoolClosed: the pool is closing.
+            PoolTimeout: ``acquire_timeout`` ran out (``deadline`` when given).
+        """
+        self._check_open()
         timeout = self._config.acquire_timeout
         waiters = self._waiters
         if (
             timeout == 0
-            and self._limiter.available_tokens <= len(waiters) - self._counts[_CONNECTING]
+            and not (fresh and self._idle)  # an idle connection can make room
+            and self._limiter.available_tokens
+            <= len(waiters) - self._counts[_CONNECTING] + len(self._paused)
         ):
             self._counters.acquire_timeouts += 1
             raise self._timeout_error(0.0)
-        waiter: Waiter[R] = Waiter(
-            fresh,
-            self._event_class(),
-            anyio.current_time() + timeout if timeout else math.inf,
-        )
-        waiters.add(waiter)
+        if deadline is None:
+            deadline = anyio.current_time() + timeout if timeout else math.inf
+        waiter: Waiter[R] = Waiter(fresh, self._event_class(), deadline)
+        waiters.add(waiter, first=first)
         self._grow()
         try:
             # No cancel scope per waiter: the queue's expiry task fails those
@@ -552,7 +626,11 @@ class WebSocketPool(Generic[R]):
             conn.expires_at = anyio.current_time() + conn.lifetime
         conn.lease += 1
         resource = conn.resource
-        self._lent[id(resource)] = conn
+        lent = self._lent.get(id(resource))
+        if lent is None:
+            self._lent[id(resource)] = [conn]
+        else:
+            lent.append(conn)
         self._connector.unpark(resource)
 
     def _count_lease(self, conn: Conn[R]) -> None:
@@ -567,25 +645,40 @@ class WebSocketPool(Generic[R]):
 
         Synchronous: it never waits for I/O.
         """
-        del self._lent[id(conn.resource)]
+        conn.lease += 1  # the lease that ends is no longer current
+        key = id(conn.resource)
+        lent = self._lent[key]
+        if len(lent) == 1:
+            del self._lent[key]
+        else:
+            lent.remove(conn)
         if conn.state is not _LENT:
             return  # closed under its borrower (the pool closed, the host failed)
-        if reason is None:
-            reason = Reason.POOL_CLOSED if self._closing else self._unfit(conn)
+        if reason is None and self._closing:
+            reason = Reason.POOL_CLOSED
         if reason is not None:
             self._retire(conn, reason)
-        elif self._prepare_on_release:
+        elif not self._prepare_on_release:
+            self._put_back(conn)
+        elif (reason := self._unfit(conn)) is not None:
+            self._retire(conn, reason)
+        else:
             # on_release and the drain are I/O: the host task does them, and the
             # borrower who released goes on at once.
             self._set_state(conn, _DRAINING)
             conn.wake.set()
-        else:
-            self._put_back(conn)
 
     def _put_back(self, conn: Conn[R]) -> None:
-        """Hand a healthy connection to the first waiter, or make it idle."""
-        if len(self._conns) > self._capacity:  # each connection holds one token
-            self._retire(conn, Reason.RESIZED)
+        """Hand a connection to the first waiter, or make it idle, if it may be lent.
+
+        Every path to a lend goes through here or :meth:`_take_idle` (a new
+        connection, a released one, a drained one), and both ask :meth:`_unfit`.
+        """
+        reason = self._unfit(conn)
+        if reason is None and len(self._conns) > self._capacity:
+            reason = Reason.RESIZED  # each connection holds one token
+        if reason is not None:
+            self._retire(conn, reason)
             return
         waiters = self._waiters
         if waiters:
@@ -636,10 +729,11 @@ class WebSocketPool(Generic[R]):
         self._connector.attach(conn.resource, lambda: self._on_dead(conn))
         if conn.state is not _CONNECTING:  # retired meanwhile (the pool is closing)
             return
+        # What arrived before the first lease (a greeting, the answer to a login
+        # that on_connect did not read) is drained, never lent.
+        self._connector.park(conn.resource, self._drained)
         if self._closing:
             self._retire(conn, Reason.POOL_CLOSED)
-        elif conn.generation != self._generation:
-            self._retire(conn, Reason.INVALIDATED)
         else:
             self._put_back(conn)
         self._notify()
@@ -667,11 +761,25 @@ class WebSocketPool(Generic[R]):
             )
 
     def _prepared(self, conn: Conn[R]) -> None:
-        reason = self._unfit(conn)
-        if reason is not None:
-            self._retire(conn, reason)
-        else:
-            self._put_back(conn)
+        self._put_back(conn)
+
+    async def _pause(self, conn: Conn[R], delay: float) -> None:
+        """A connection backs off ``delay`` seconds before its next attempt.
+
+        A background connection (opened for no borrower) backing off does not
+        count as one that will serve a waiter: a borrower that arrives meanwhile
+        gets a connection of its own if capacity allows, or else adopts this
+        one, which then tries again at once (see :meth:`_grow`).
+        """
+        if conn.background:
+            self._paused.add(conn)
+            self._grow()
+        try:
+            with anyio.move_on_after(delay):
+                await conn.wake.wait()
+        finally:
+            self._paused.discard(conn)
+        conn.wake = self._event_class()
 
     def _finished(self, conn: Conn[R]) -> None:
         """The host task ends: the connection is closed, its capacity is free."""
@@ -682,6 +790,7 @@ class WebSocketPool(Generic[R]):
             logger.debug("closed a connection to %s (%s)", self._connector.target, conn.reason)
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
+        self._paused.discard(conn)
         self._limiter.release_on_behalf_of(conn)
         if self._closing:
             if not self._conns and self._all_closed is not None:
@@ -718,6 +827,9 @@ class WebSocketPool(Generic[R]):
 
         Needed: one for each waiter that no connection being opened will serve,
         enough to keep ``min_connections`` open, and what :meth:`prewarm` asked.
+        A background connection that is backing off after failures serves no
+        waiter while capacity allows another: borrowers never wait out a
+        background back-off. At a full pool, a waiter adopts it instead.
         """
         if self._closing or self._tg is None:
             return
@@ -725,19 +837,29 @@ class WebSocketPool(Generic[R]):
         connecting = counts[_CONNECTING]
         live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
         waiters = self._waiters
-        for_waiters = len(waiters) - connecting
+        paused = self._paused
+        for_waiters = len(waiters) - connecting + len(paused)
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
         uncovered = max(for_waiters, for_others)
         limiter = self._limiter
         # (Checked first: at a full pool, every new waiter comes through here.)
         while uncovered > 0 and limiter.available_tokens >= 1:
             # Background openings back off after failures; borrowers never wait.
+            background = for_waiters <= 0
             conn: Conn[R] = Conn(
-                self._event_class(), self._generation, 0.0 if for_waiters > 0 else self._warm_delay
+                self._event_class(),
+                self._generation,
+                background=background,
+                delay=self._warm_delay if background else 0.0,
             )
             limiter.acquire_on_behalf_of_nowait(conn)
             self._start(conn)
             uncovered -= 1
+            for_waiters -= 1
+        while for_waiters > 0 and paused:
+            adopted = paused.pop()
+            adopted.background = False
+            adopted.wake.set()
             for_waiters -= 1
         # A full pool: borrowers that asked for a new connection get room by
         # closing the idle connections that waited longest.
@@ -766,7 +888,9 @@ class WebSocketPool(Generic[R]):
             # Released, maybe with messages its borrower never read: they are
             # drained like any other, not dropped unseen with the connection.
             self._connector.park(conn.resource, self._drained)
-        elif state is _CONNECTING and conn.scope is not None:
+        if conn.scope is not None:
+            # Stop what is being done for it: connecting, backing off, a hook,
+            # the drain, a check_on_acquire ping.
             conn.scope.cancel()
         if reason.discarded:
             self._counters.discarded += 1

@@ -14,6 +14,7 @@ for the pool instead of one per wait.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -64,10 +65,14 @@ class WaiterQueue(Generic[R]):
     def first(self) -> Waiter[R]:
         return next(iter(self._queue))
 
-    def add(self, waiter: Waiter[R]) -> None:
-        if not self._queue and self._wakeup is not None:
-            self._wakeup.set()
-        self._queue[waiter] = None
+    def add(self, waiter: Waiter[R], *, first: bool = False) -> None:
+        """Queue ``waiter`` last, or ``first`` (for one that was there before all others)."""
+        queue = self._queue
+        if (first or not queue) and self._wakeup is not None:
+            self._wakeup.set()  # a new head: the expiry task looks at its deadline
+        queue[waiter] = None
+        if first:
+            queue.move_to_end(waiter, last=False)
 
     def discard(self, waiter: Waiter[R]) -> bool:
         """Take ``waiter`` out of the queue; False if it was no longer in it."""
@@ -98,23 +103,19 @@ class WaiterQueue(Generic[R]):
     ) -> None:
         """Fail each waiter at its deadline with ``on_expired(waiter)``; runs until cancelled.
 
-        The queue is in deadline order (every waiter waits as long), so only its
-        head needs watching.
+        The queue is in deadline order (every waiter waits as long, and one put
+        first was there before the others), so only its head needs watching.
         """
         queue = self._queue
         while True:
-            if not queue:
-                self._wakeup = event_class()
-                await self._wakeup.wait()
-                self._wakeup = None
-                continue
-            head = next(iter(queue))
-            if head.deadline > anyio.current_time():
-                await anyio.sleep_until(head.deadline)
-                continue
-            now = anyio.current_time()
-            while queue:
+            self._wakeup = event_class()
+            deadline = math.inf
+            if queue:
                 head = next(iter(queue))
-                if head.deadline > now:
-                    break
-                self.fail(head, on_expired(head))
+                if head.deadline <= anyio.current_time():
+                    self.fail(head, on_expired(head))
+                    continue
+                deadline = head.deadline
+            # Until the head's deadline, or until add() brings a new head.
+            with anyio.CancelScope(deadline=deadline):
+                await self._wakeup.wait()
