@@ -10,6 +10,7 @@ each session.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
@@ -23,9 +24,108 @@ from ._connector import Connector, Sink
 from ._redact import RedactorHandle, install_log_redactor, redact_url
 from ._session import PooledWebSocketSession, hardened_session_class
 
-__all__ = ("HttpxWsConnector", "check_uri", "client_connection_limit")
+__all__ = ("HttpxWsConnector", "check_httpx_option", "check_uri", "client_connection_limit")
 
 _SCHEMES = frozenset({"ws", "wss", "http", "https"})
+
+# RFC 9110 field names and values, as h11 checks them when the request is
+# written: a value h11 refuses would come back in its error text, so the same
+# rule is applied when the pool is created, with errors that never show it.
+_HEADER_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_HEADER_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+
+
+def _check_headers(value: Any) -> httpx.Headers:
+    try:
+        headers = httpx.Headers(value)
+    except Exception:
+        raise TypeError(
+            "headers must be a mapping, or a list of (name, value) pairs, of str or "
+            "bytes (ASCII for str); the values are not shown"
+        ) from None
+    for name, field in headers.raw:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"headers: {name!r} is not a legal HTTP header name")
+        if not _HEADER_VALUE.fullmatch(field):
+            raise ValueError(
+                f"headers: the value of {name.decode('ascii')!r} is not a legal HTTP "
+                "header value (a line break, a control character, or whitespace at "
+                "either end); the value is not shown"
+            )
+    return headers
+
+
+def _check_auth(value: Any) -> object:
+    if value is None or isinstance(value, httpx.Auth) or callable(value):
+        return value
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(part, str | bytes) for part in value)
+    ):
+        return value
+    raise TypeError(
+        "auth must be an httpx.Auth, a (username, password) tuple or a callable, "
+        f"got a {type(value).__name__} (not shown); for a bearer token pass "
+        "headers={'Authorization': 'Bearer ...'}"
+    )
+
+
+def _check_cookies(value: Any) -> object:
+    if value is None:
+        return None
+    try:
+        cookies = httpx.Cookies(value)
+        pairs = [(cookie.name, cookie.value or "") for cookie in cookies.jar]
+    except Exception:
+        raise TypeError(
+            "cookies must be an httpx.Cookies, a CookieJar or a mapping of str to str; "
+            "the values are not shown"
+        ) from None
+    for name, field in pairs:
+        if not _HEADER_VALUE.fullmatch(f"{name}={field}".encode("latin-1", "replace")) or (
+            ";" in field
+        ):
+            raise ValueError(
+                f"cookies: the value of cookie {name!r} cannot be sent in a Cookie header; "
+                "the value is not shown"
+            )
+    return value
+
+
+def check_httpx_option(name: str, value: Any) -> object:
+    """Check an option passed on to httpx, never showing its value in the error.
+
+    ``headers``, ``auth``, ``cookies``, ``params``, ``timeout`` and
+    ``extensions`` are checked the way httpx and h11 would check them at the
+    first handshake, so that no error text of theirs can echo a secret later.
+    """
+    if name == "headers":
+        return None if value is None else _check_headers(value)
+    if name == "auth":
+        return _check_auth(value)
+    if name == "cookies":
+        return _check_cookies(value)
+    if name == "params":
+        try:
+            return None if value is None else httpx.QueryParams(value)
+        except Exception:
+            raise TypeError(
+                "params must be a mapping or a list of pairs of str (or numbers); "
+                "the values are not shown"
+            ) from None
+    if name == "timeout":
+        try:
+            return httpx.Timeout(value)
+        except Exception:
+            raise TypeError(
+                "timeout must be an httpx.Timeout, a number of seconds, or None"
+            ) from None
+    if name == "extensions":
+        if not isinstance(value, dict):
+            raise TypeError(f"extensions must be a dict, got a {type(value).__name__}")
+        return value
+    return value
 
 
 def check_uri(uri: object) -> httpx.URL:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 from ._connector import Connector, GenericConnector
-from ._httpx_ws import HttpxWsConnector, check_uri
+from ._httpx_ws import HttpxWsConnector, check_httpx_option, check_uri
 
 __all__ = ("Config", "PoolOptions", "WsOptions", "configure", "parse_options")
 
@@ -202,9 +202,11 @@ def _check_ws_option(name: str, value: Any) -> Any:
         if isinstance(value, str) or not all(isinstance(item, str) for item in value):
             raise TypeError(f"subprotocols must be a list of str, got {value!r}")
         return list(value)
-    if name == "follow_redirects" and not isinstance(value, bool):
-        raise TypeError(f"follow_redirects must be a bool, got {value!r}")
-    return value
+    if name == "follow_redirects":
+        return check_bool(name, value)
+    # headers, auth, cookies, params, timeout, extensions: httpx's own
+    # arguments, whose values may be secrets; checked by the connector.
+    return check_httpx_option(name, value)
 
 
 def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:

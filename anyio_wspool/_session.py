@@ -236,6 +236,10 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             self._fail(WebSocketNetworkError(f"the connection broke: {type(exc).__name__}"))
         except wsproto.utilities.RemoteProtocolError as exc:
             self._fail(WebSocketNetworkError(f"the server broke the protocol: {exc}"))
+        except wsproto.utilities.LocalProtocolError as exc:
+            # Not expected (every send checks the state first), but the reader
+            # must not die with an exception that would tear the session down.
+            self._fail(WebSocketNetworkError(f"the connection is in no state to answer: {exc}"))
         finally:
             self._fail(WebSocketDisconnect(1006, "the server closed the socket"))
             self._reader_done.set()
@@ -273,15 +277,20 @@ class PooledWebSocketSession(AsyncWebSocketSession):
                         )
                         await self._deliver(message)
                 elif isinstance(event, Ping):
-                    await self._write(self.connection.send(event.response()))
+                    # Once our close frame is out (LOCAL_CLOSING) no Pong may
+                    # follow it: the ping is ignored, the closing handshake goes on.
+                    if self.connection.state is ConnectionState.OPEN:
+                        await self._write(self.connection.send(event.response()))
                 elif isinstance(event, Pong):
                     # RFC 6455 §5.5.3: an unsolicited Pong is to be ignored.
                     with contextlib.suppress(KeyError):
                         self._ping_manager.ack(event.payload)
                 elif isinstance(event, CloseConnection):
+                    # The server's code is recorded before the answer is
+                    # written: a send racing with that write reports it.
+                    self._fail(WebSocketDisconnect(event.code, event.reason))
                     if self.connection.state is ConnectionState.REMOTE_CLOSING:
                         await self._write(self.connection.send(event.response()))
-                    self._fail(WebSocketDisconnect(event.code, event.reason))
                     return
 
     async def _background_keepalive_ping(
@@ -342,19 +351,31 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         Sends the close frame, waits for the server to answer it and to close
         the socket, then closes the socket. After ``close_timeout`` seconds (a
         peer that stopped reading, a lock held by a stuck writer) the socket is
-        aborted instead. Closing twice is a no-op.
+        aborted instead. A connection known to be dead (the socket broke,
+        keep-alive failed, the peer broke the protocol) is failed at once, as
+        RFC 6455 says: its socket is aborted with no closing handshake, since no
+        answer can come. Closing twice is a no-op.
         """
         self._should_close.set()
+        if isinstance(self._terminal, WebSocketNetworkError):
+            await self._abort()
+            return
         with anyio.move_on_after(self.close_timeout) as scope:
             await self._send_close_frame(code, reason)
             if self._reader_started:
                 await self._reader_done.wait()
             await self.stream.aclose()
         if scope.cancelled_caught:
-            await anyio.aclose_forcefully(self.stream)  # type: ignore[arg-type]
+            await self._abort()
         if self._terminal is None:
             self._terminal = WebSocketDisconnect(code, reason)
             self._wake_readers()
+
+    async def _abort(self) -> None:
+        """Close the socket at once, without a word to the peer."""
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # httpcore's aclose() then closes without waiting
+            await self.stream.aclose()
 
     @contextlib.asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Self]:

@@ -29,8 +29,8 @@ def is_transient(error: BaseException) -> bool:
     status = getattr(response, "status_code", None)
     if isinstance(status, int):
         return status >= 500
-    if isinstance(error, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return False
+    if isinstance(error, httpx.UnsupportedProtocol | httpx.InvalidURL | httpx.LocalProtocolError):
+        return False  # the request itself is wrong: it fails the same way every time
     if isinstance(error, WebSocketDisconnect):
         return error.code in RETRYABLE_CLOSE_CODES
     return isinstance(error, OSError | TimeoutError | httpx.TransportError | WebSocketNetworkError)

@@ -56,6 +56,7 @@ class _Answered(Exception):
         (_Answered(502), True),
         (httpx.UnsupportedProtocol("ftp"), False),
         (httpx.InvalidURL("bad"), False),
+        (httpx.LocalProtocolError("Illegal header value"), False),
         (WebSocketDisconnect(1001), True),
         (WebSocketDisconnect(1013), True),
         (WebSocketDisconnect(1008), False),
