@@ -153,12 +153,7 @@ def client_connection_limit(client: httpx.AsyncClient) -> int | None:
     return limit if isinstance(limit, int) else None
 
 
-def _pooled(resource: AsyncWebSocketSession) -> PooledWebSocketSession:
-    # Every session this connector opens is of a hardened class (see open()).
-    return cast(PooledWebSocketSession, resource)
-
-
-class HttpxWsConnector(Connector[AsyncWebSocketSession]):
+class HttpxWsConnector(Connector[PooledWebSocketSession]):
     """``open_pool(uri)``: httpx-ws sessions, hardened (see :mod:`._session`)."""
 
     def __init__(
@@ -238,14 +233,18 @@ class HttpxWsConnector(Connector[AsyncWebSocketSession]):
 
     # -- connecting -----------------------------------------------------------
 
-    def open(self) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
+    def open(self) -> AbstractAsyncContextManager[PooledWebSocketSession]:
         assert self._client is not None, "the pool has not started this connector"
-        return aconnect_ws(
-            str(self.url),
-            self._client,
-            headers=self._headers.copy(),
-            session_class=self._session_class,
-            **self._options,
+        # Every session is of a hardened class (session_class below).
+        return cast(
+            AbstractAsyncContextManager[PooledWebSocketSession],
+            aconnect_ws(
+                str(self.url),
+                self._client,
+                headers=self._headers.copy(),
+                session_class=self._session_class,
+                **self._options,
+            ),
         )
 
     def timeout_error(self, seconds: float) -> Exception:
@@ -263,18 +262,18 @@ class HttpxWsConnector(Connector[AsyncWebSocketSession]):
 
     # -- lending ----------------------------------------------------------------
 
-    def attach(self, resource: AsyncWebSocketSession, on_dead: Callable[[], None]) -> None:
-        _pooled(resource).pool_attach(on_dead, self._close_timeout)
+    def attach(self, resource: PooledWebSocketSession, on_dead: Callable[[], None]) -> None:
+        resource.pool_attach(on_dead, self._close_timeout)
 
-    def usable(self, resource: AsyncWebSocketSession) -> bool:
-        return _pooled(resource).pool_usable
+    def usable(self, resource: PooledWebSocketSession) -> bool:
+        return resource.pool_usable
 
-    def park(self, resource: AsyncWebSocketSession, sink: Sink) -> None:
-        _pooled(resource).pool_park(sink)
+    def park(self, resource: PooledWebSocketSession, sink: Sink) -> None:
+        resource.pool_park(sink)
 
-    def unpark(self, resource: AsyncWebSocketSession) -> None:
-        _pooled(resource).pool_unpark()
+    def unpark(self, resource: PooledWebSocketSession) -> None:
+        resource.pool_unpark()
 
-    async def ping(self, resource: AsyncWebSocketSession) -> None:
+    async def ping(self, resource: PooledWebSocketSession) -> None:
         pong = await resource.ping()
         await pong.wait()
