@@ -175,8 +175,12 @@ class WebSocketPool(Generic[R]):
         self._all_closed: anyio.Event | None = None
         #: when aclose() began (on the pool's clock)
         self._closed_at = 0.0
-        #: background connections backing off between attempts (see _pause)
+        #: connections backing off between attempts, and those of them that are
+        #: opened for no waiter (see _pause)
+        self._pausing: set[Conn[R]] = set()
         self._paused: set[Conn[R]] = set()
+        #: connections being opened for waiters (not in the background)
+        self._wanted = 0
         #: whether a released connection goes through the host task before idle
         self._prepare_on_release = config.drain_on_release or config.on_release is not None
         #: runs on_drained; None when there is no callback
@@ -596,7 +600,9 @@ class WebSocketPool(Generic[R]):
         except BaseException:
             # Cancelled: leave no trace, and pass on a connection handed over
             # in the meantime.
-            if not waiters.discard(waiter) and waiter.conn is not None:
+            if waiters.discard(waiter):
+                self._left_unserved()
+            elif waiter.conn is not None:
                 self._give_back(waiter.conn, None)
             raise
         if waiter.conn is not None:
@@ -610,6 +616,7 @@ class WebSocketPool(Generic[R]):
     def _expired(self, waiter: Waiter[R]) -> BaseException:
         """The error of a waiter whose ``acquire_timeout`` ran out."""
         self._counters.acquire_timeouts += 1
+        self._left_unserved()
         timeout = self._config.acquire_timeout
         assert timeout is not None
         return self._timeout_error(timeout)
@@ -771,6 +778,9 @@ class WebSocketPool(Generic[R]):
         gets a connection of its own if capacity allows, or else adopts this
         one, which then tries again at once (see :meth:`_grow`).
         """
+        if not conn.background and self._wanted > len(self._waiters):
+            self._unwant(conn)  # the borrower it was opened for is gone
+        self._pausing.add(conn)
         if conn.background:
             self._paused.add(conn)
             self._grow()
@@ -778,8 +788,24 @@ class WebSocketPool(Generic[R]):
             with anyio.move_on_after(delay):
                 await conn.wake.wait()
         finally:
+            self._pausing.discard(conn)
             self._paused.discard(conn)
         conn.wake = self._event_class()
+
+    def _unwant(self, conn: Conn[R]) -> None:
+        """``conn``, being opened for a waiter, is now opened for no one in particular."""
+        conn.background = True
+        self._wanted -= 1
+        if conn in self._pausing:
+            self._paused.add(conn)
+
+    def _left_unserved(self) -> None:
+        """A waiter left without a connection: one being opened for it serves nobody now."""
+        if self._wanted > len(self._waiters):
+            for conn in self._pausing:
+                if not conn.background:
+                    self._unwant(conn)
+                    return
 
     def _finished(self, conn: Conn[R]) -> None:
         """The host task ends: the connection is closed, its capacity is free."""
@@ -790,7 +816,6 @@ class WebSocketPool(Generic[R]):
             logger.debug("closed a connection to %s (%s)", self._connector.target, conn.reason)
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
-        self._paused.discard(conn)
         self._limiter.release_on_behalf_of(conn)
         if self._closing:
             if not self._conns and self._all_closed is not None:
@@ -817,6 +842,8 @@ class WebSocketPool(Generic[R]):
 
     def _set_state(self, conn: Conn[R], state: State) -> None:
         assert state in TRANSITIONS[conn.state], f"{conn.state!r} -> {state!r}"
+        if conn.state is _CONNECTING and not conn.background:
+            self._wanted -= 1
         counts = self._counts
         counts[conn.state] -= 1
         counts[state] += 1
@@ -853,12 +880,15 @@ class WebSocketPool(Generic[R]):
                 delay=self._warm_delay if background else 0.0,
             )
             limiter.acquire_on_behalf_of_nowait(conn)
+            if not background:
+                self._wanted += 1
             self._start(conn)
             uncovered -= 1
             for_waiters -= 1
         while for_waiters > 0 and paused:
             adopted = paused.pop()
             adopted.background = False
+            self._wanted += 1
             adopted.wake.set()
             for_waiters -= 1
         # A full pool: borrowers that asked for a new connection get room by

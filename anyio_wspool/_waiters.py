@@ -113,7 +113,9 @@ class WaiterQueue(Generic[R]):
             if queue:
                 head = next(iter(queue))
                 if head.deadline <= anyio.current_time():
-                    self.fail(head, on_expired(head))
+                    del queue[head]  # out of the queue before on_expired sees it
+                    head.error = on_expired(head)
+                    head.event.set()
                     continue
                 deadline = head.deadline
             # Until the head's deadline, or until add() brings a new head.
