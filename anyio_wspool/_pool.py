@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._conn import TRANSITIONS, Conn, Reason, State
 from ._dispatch import Dispatcher
@@ -168,7 +168,11 @@ class WebSocketPool(Generic[R]):
         #: how many connections are in each State: the gauges, kept by _set_state
         self._counts = [0] * len(State)
         self._counters = Counters()
+        #: the task group that holds the pool's tasks, and the shielded scope
+        #: around it (see _hold_tasks)
         self._tg: TaskGroup | None = None
+        self._tasks_scope: anyio.CancelScope | None = None
+        self._outer_tg: TaskGroup | None = None
         self._host: ConnectionHost[R] | None = None
         self._entered = False
         self._closing = False
@@ -373,22 +377,51 @@ class WebSocketPool(Generic[R]):
         self._entered = True
         self._all_closed = anyio.Event()
         self._service_scope = anyio.CancelScope()
+        self._tasks_scope = anyio.CancelScope(shield=True)
         self._event_class = type(anyio.Event())
         await self._connector.start()
+        outer = anyio.create_task_group()
         try:
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
+            await outer.__aenter__()
         except BaseException:
-            await self._connector.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._connector.aclose()
+            raise
+        self._outer_tg = outer
+        try:
+            await outer.start(self._hold_tasks, name="anyio_wspool tasks")
+        except BaseException as exc:
+            self._tasks_scope.cancel()
+            await self._leave(type(exc), exc, exc.__traceback__)
             raise
         self._host = ConnectionHost(
             self._config, self._connector, self._counters, self, self._event_class
         )
-        self._tg.start_soon(self._run_services, name="anyio_wspool services")
+        tg = self._tg
+        assert tg is not None
+        tg.start_soon(self._run_services, name="anyio_wspool services")
         if self._dispatcher is not None:
-            self._tg.start_soon(self._dispatcher.run, name="anyio_wspool callbacks")
+            tg.start_soon(self._dispatcher.run, name="anyio_wspool callbacks")
         self._grow()  # min_connections
         return self
+
+    async def _hold_tasks(self, *, task_status: TaskStatus[None]) -> None:
+        """Hold the task group of the pool's tasks until the pool is left.
+
+        The group sits in a shielded scope: a cancellation of the scope around
+        the pool (the code in the pool's block runs in it) never reaches the
+        pool's tasks. They are stopped by the pool alone, by :meth:`aclose` and
+        by leaving the block, so that closing stays orderly and bounded. (On
+        asyncio a cancellation reaches other tasks at once, before the pool's
+        exit could shield them, and a task that ended cancelled would cancel
+        the pool's exit in turn.)
+        """
+        assert self._tasks_scope is not None
+        with self._tasks_scope:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await anyio.sleep_forever()
 
     async def __aexit__(
         self,
@@ -396,28 +429,43 @@ class WebSocketPool(Generic[R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tg = self._tg
-        assert tg is not None
-        # The pool's task group is shielded from here on, so that the
-        # connections are closed even when the scope around the pool is
-        # cancelled, and so that no cancellation of the pool's own waits
-        # replaces the exception leaving the block. It is bounded all the same:
-        # each close is bounded by close_timeout, and whatever still runs after
-        # that (a connector whose exit hangs) is cancelled.
-        tg.cancel_scope.shield = True
+        # Closing is shielded, so that the connections are closed even when the
+        # scope around the pool is cancelled, and so that no cancellation of
+        # the pool's own waits replaces the exception leaving the block. It is
+        # bounded all the same: each close is bounded by close_timeout, and
+        # whatever still runs after that (a connector whose exit hangs) is
+        # cancelled.
         try:
-            with anyio.move_on_after(2 * self._config.close_timeout + 1.0):
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(2 * self._config.close_timeout + 1.0),
+            ):
                 await self.aclose()
         finally:
-            tg.cancel_scope.cancel()
-            try:
-                # The user's exception is deliberately not passed in: the task
-                # group would wrap it in an ExceptionGroup. The host tasks
-                # never raise (their errors are contained).
-                await tg.__aexit__(None, None, None)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._connector.aclose()
+            assert self._tasks_scope is not None
+            self._tasks_scope.cancel()
+            await self._leave(exc_type, exc, tb)
+
+    async def _leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """End the pool's tasks (already cancelled) and close the connector."""
+        outer = self._outer_tg
+        assert outer is not None
+        # Shielded: the one task left ends at once, and a cancellation of the
+        # scope around the pool must not replace the exception leaving it.
+        outer.cancel_scope.shield = True
+        try:
+            # The user's exception is deliberately not passed in: the task
+            # group would wrap it in an ExceptionGroup. The pool's tasks never
+            # raise (their errors are contained).
+            await outer.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._connector.aclose()
         if exc_type is None:
             # A cancellation of the scope around the pool is delivered here.
             await anyio.lowlevel.checkpoint_if_cancelled()
