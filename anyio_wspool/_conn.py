@@ -117,6 +117,7 @@ class Conn(Generic[R]):
         "lent_before",
         "lifetime",
         "opened",
+        "opened_at",
         "reason",
         "resource",
         "scope",
@@ -144,6 +145,7 @@ class Conn(Generic[R]):
         #: when the last server data counted by drain_condition arrived (draining)
         self.last_data = 0.0
         self.opened = False
+        self.opened_at = 0.0
         self.lent_before = False
         #: incremented at each lend, so that a lease can tell it is still current
         self.lease = 0

@@ -73,7 +73,12 @@ class Connector(Generic[R]):
         """Called once after the resource opened: ``on_dead()`` when it dies by itself."""
 
     def usable(self, resource: R) -> bool:
+        """Whether the resource still carries messages both ways."""
         return True
+
+    def closed_error(self, resource: R) -> Exception:
+        """Why a resource that is no longer :meth:`usable` died (the server's close code)."""
+        return ConnectionError(f"the connection to {self.target} was closed")
 
     def park(self, resource: R, sink: Sink) -> None:
         """The resource goes back to the pool: unread and later messages go to ``sink``."""

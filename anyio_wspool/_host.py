@@ -137,6 +137,11 @@ class ConnectionHost(Generic[R]):
                                     await config.on_connect(resource)
                                 except Exception as exc:
                                     hook_error = exc
+                            if hook_error is None and not connector.usable(resource):
+                                # Closed by the server during the handshake or
+                                # on_connect: a failed attempt, with its close
+                                # code (retried if the code says it may help).
+                                hook_error = connector.closed_error(resource)
                             if hook_error is None:
                                 # Connected: the deadline now only bounds the close.
                                 scope.deadline = math.inf

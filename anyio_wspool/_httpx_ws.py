@@ -268,6 +268,9 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
     def usable(self, resource: PooledWebSocketSession) -> bool:
         return resource.pool_usable
 
+    def closed_error(self, resource: PooledWebSocketSession) -> Exception:
+        return resource.pool_closed_error()
+
     def park(self, resource: PooledWebSocketSession, sink: Sink) -> None:
         resource.pool_park(sink)
 

@@ -54,6 +54,10 @@ R = TypeVar("R")
 
 _CONNECTING, _IDLE, _LENT, _DRAINING, _CLOSING, _CLOSED = State
 
+#: seconds: a connection the server closes sooner than this after it opened
+#: counts as a failure for the back-off of the connections opened after it
+SHORT_LIVED = 5.0
+
 
 class _Lease(Generic[R]):
     """What ``pool.connection()`` returns: an async context manager for one lease."""
@@ -193,6 +197,10 @@ class WebSocketPool(Generic[R]):
         self._generation = 0
         #: delay before the next background (re)connection, after failures
         self._warm_delay = 0.0
+        #: connections in a row that the server closed soon after they opened
+        #: (within SHORT_LIVED s): while there are any, opening one does not
+        #: reset the background back-off
+        self._short_lived = 0
         self._last_connect_error: Exception | None = None
         #: woken whenever a connection opens or the pool closes (wait_ready)
         self._state_waiter: anyio.Event | None = None
@@ -775,8 +783,10 @@ class WebSocketPool(Generic[R]):
     def _connected(self, conn: Conn[R]) -> None:
         config = self._config
         conn.opened = True
+        conn.opened_at = anyio.current_time()
         self._counters.opened += 1
-        self._warm_delay = 0.0
+        if not self._short_lived:
+            self._warm_delay = 0.0
         if config.max_lifetime is not None:
             assert self._host is not None
             conn.lifetime = self._host.lifetime(config.max_lifetime)
@@ -805,15 +815,19 @@ class WebSocketPool(Generic[R]):
             waiters.fail(waiters.first(), error)
         else:
             # Nobody asked for this one (warm-up, replacement): back off before the next.
-            self._warm_delay = min(
-                self._config.retry_backoff_max,
-                max(self._config.retry_backoff, 2 * self._warm_delay),
-            )
+            self._back_off_background()
             logger.warning(
                 "could not open a connection to %s: %s",
                 self._connector.target,
                 describe_error(error),
             )
+
+    def _back_off_background(self) -> None:
+        """The next connection opened for no borrower waits longer (doubling, capped)."""
+        config = self._config
+        self._warm_delay = min(
+            config.retry_backoff_max, max(config.retry_backoff, 2 * self._warm_delay)
+        )
 
     def _prepared(self, conn: Conn[R]) -> None:
         self._put_back(conn)
@@ -862,6 +876,13 @@ class WebSocketPool(Generic[R]):
         if conn.opened:
             self._counters.closed += 1
             logger.debug("closed a connection to %s (%s)", self._connector.target, conn.reason)
+            if anyio.current_time() - conn.opened_at >= SHORT_LIVED:
+                self._short_lived = 0
+            elif conn.reason in (Reason.SERVER_CLOSED, Reason.FAILED):
+                # Accepted, then closed at once (an overloaded or refusing
+                # server): its replacement backs off like a failed attempt.
+                self._short_lived += 1
+                self._back_off_background()
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
         self._limiter.release_on_behalf_of(conn)

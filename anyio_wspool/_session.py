@@ -126,6 +126,10 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         if self._terminal is not None:
             on_dead()
 
+    def pool_closed_error(self) -> Exception:
+        """What ended the connection: the server's close (with its code) or the network."""
+        return self._disconnect_error()
+
     def pool_park(self, sink: Sink) -> None:
         """Hand every buffered message to ``sink`` and send later ones there too.
 

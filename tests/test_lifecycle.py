@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 import httpx
 import pytest
-from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError
+from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, WebSocketUpgradeError
 
 from anyio_wspool import PoolClosed, PoolTimeout, open_pool
 
@@ -323,3 +323,50 @@ async def test_failing_on_connect_is_reported_to_the_borrower(ws_server: WSServe
     # PermissionError is an OSError, so it is retried like a network error
     assert calls == 3
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
+
+
+async def test_server_close_during_on_connect_is_a_failed_attempt_with_its_code(
+    ws_server: WSServer,
+) -> None:
+    # The server accepts, answers the login, then closes with 1008 (policy):
+    # the borrower gets the server's close code, and a policy close is not retried.
+    ws_server.close_after = 1
+    ws_server.close_code = 1008
+
+    async def login(ws: AsyncWebSocketSession) -> None:
+        await ws.send_text("login")
+        assert await ws.receive_text() == "login"
+        await wait_closed(ws)
+
+    async with open_pool(ws_server.url, on_connect=login, retry_backoff=0.01) as pool:
+        with pytest.raises(WebSocketDisconnect) as caught:
+            await pool.acquire()
+        assert caught.value.code == 1008
+        assert pool.stats.opened == 0
+        assert pool.stats.connect_failures == 1
+    assert ws_server.handshakes == 1
+
+
+async def test_connections_closed_right_after_opening_are_replaced_with_back_off(
+    ws_server: WSServer,
+) -> None:
+    # Each connection is closed by the server as soon as on_connect's login is
+    # answered. Replacements back off (0.05, 0.1, 0.2 s ...) like failed attempts
+    # instead of reconnecting in a tight loop.
+    ws_server.close_after = 1
+    ws_server.close_code = 1013
+
+    async def login(ws: AsyncWebSocketSession) -> None:
+        await ws.send_text("login")
+
+    async with open_pool(
+        ws_server.url, on_connect=login, min_connections=1, retry_backoff=0.05
+    ) as pool:
+        await ws_server.wait_until(lambda: ws_server.handshakes >= 1, timeout=5)
+        started = anyio.current_time()
+        await ws_server.wait_until(lambda: ws_server.handshakes >= 4, timeout=5)
+        elapsed = anyio.current_time() - started
+        # at least two back-offs of the three (0.05 + 0.1 + 0.2 s) between them:
+        # a tight loop makes these handshakes within milliseconds
+        assert elapsed >= 0.25, elapsed
+        assert pool.stats.connect_failures + pool.stats.closed >= 3
