@@ -33,6 +33,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._backend import Signal, bind
 from ._conn import TRANSITIONS, Conn, Reason, State
 from ._dispatch import Dispatcher
 from ._errors import PoolClosed, PoolError, PoolTimeout
@@ -208,6 +209,13 @@ class WebSocketPool(Generic[R]):
         self._service_scope: anyio.CancelScope | None = None
         #: the running backend's Event class: anyio.Event() looks the backend up each time
         self._event_class: type[anyio.Event] = anyio.Event
+        #: the lending path's clock, cancellation check and wake-ups, bound to
+        #: the running backend when the pool is entered (see _backend.py)
+        self._now: Callable[[], float] = anyio.current_time
+        self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
+            anyio.lowlevel.checkpoint_if_cancelled
+        )
+        self._signal: Callable[[], Signal] = anyio.Event
 
     # -- public API -------------------------------------------------------------
 
@@ -387,6 +395,10 @@ class WebSocketPool(Generic[R]):
         self._service_scope = anyio.CancelScope()
         self._tasks_scope = anyio.CancelScope(shield=True)
         self._event_class = type(anyio.Event())
+        backend = bind()
+        self._now = backend.now
+        self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
+        self._signal = backend.signal
         await self._connector.start()
         outer = anyio.create_task_group()
         try:
@@ -530,7 +542,7 @@ class WebSocketPool(Generic[R]):
             )
 
     async def _acquire(self, fresh: bool) -> Conn[R]:
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint_if_cancelled()
         self._check_open()
         if fresh or self._waiters:
             return await self._wait(fresh)
@@ -550,11 +562,11 @@ class WebSocketPool(Generic[R]):
         the queue, and its pings and its wait share one ``acquire_timeout``.
         """
         timeout = self._config.acquire_timeout
-        deadline = anyio.current_time() + timeout if timeout else math.inf
+        deadline = self._now() + timeout if timeout else math.inf
         while not await self._answers_ping(conn, deadline):
             if self._closing:
                 raise PoolClosed("the pool was closed while waiting for a connection")
-            if anyio.current_time() >= deadline:
+            if self._now() >= deadline:
                 self._counters.acquire_timeouts += 1
                 raise self._timeout_error(self._config.acquire_timeout or 0.0)
             next_conn = self._take_idle()
@@ -585,7 +597,7 @@ class WebSocketPool(Generic[R]):
         """
         if not self._connector.usable(conn.resource):
             return Reason.SERVER_CLOSED
-        if conn.expires_at != math.inf and anyio.current_time() >= conn.expires_at:
+        if conn.expires_at != math.inf and self._now() >= conn.expires_at:
             return Reason.EXPIRED
         if conn.generation != self._generation:
             return Reason.INVALIDATED
@@ -599,7 +611,7 @@ class WebSocketPool(Generic[R]):
         connection's scope, so that closing the pool stops it at once.
         """
         config = self._config
-        limit = min(config.connect_timeout, deadline - anyio.current_time())
+        limit = min(config.connect_timeout, deadline - self._now())
         failure: BaseException | None = None
         try:
             with anyio.CancelScope() as conn.scope, anyio.move_on_after(limit) as timer:
@@ -643,8 +655,8 @@ class WebSocketPool(Generic[R]):
             self._counters.acquire_timeouts += 1
             raise self._timeout_error(0.0)
         if deadline is None:
-            deadline = anyio.current_time() + timeout if timeout else math.inf
-        waiter: Waiter[R] = Waiter(fresh, self._event_class(), deadline)
+            deadline = self._now() + timeout if timeout else math.inf
+        waiter: Waiter[R] = Waiter(fresh, self._signal(), deadline)
         waiters.add(waiter, first=first)
         self._grow()
         try:
@@ -686,7 +698,7 @@ class WebSocketPool(Generic[R]):
     def _lend(self, conn: Conn[R]) -> None:
         self._set_state(conn, _LENT)
         if self._config.refresh_on_acquire and conn.lifetime != math.inf:
-            conn.expires_at = anyio.current_time() + conn.lifetime
+            conn.expires_at = self._now() + conn.lifetime
         conn.lease += 1
         resource = conn.resource
         lent = self._lent.get(id(resource))
@@ -756,7 +768,7 @@ class WebSocketPool(Generic[R]):
             return
         self._set_state(conn, _IDLE)
         if self._config.idle_timeout is not None:
-            conn.idle_since = anyio.current_time()
+            conn.idle_since = self._now()
         self._idle[conn] = None
         self._connector.park(conn.resource, self._drained)
 
@@ -927,6 +939,9 @@ class WebSocketPool(Generic[R]):
         waiter while capacity allows another: borrowers never wait out a
         background back-off. At a full pool, a waiter adopts it instead.
         """
+        limiter = self._limiter
+        if not (limiter.available_tokens or self._paused or self._idle):
+            return  # a full pool with nothing to adopt or close: every new waiter's case
         if self._closing or self._tg is None:
             return
         counts = self._counts
@@ -937,7 +952,6 @@ class WebSocketPool(Generic[R]):
         for_waiters = len(waiters) - connecting + len(paused)
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
         uncovered = max(for_waiters, for_others)
-        limiter = self._limiter
         # (Checked first: at a full pool, every new waiter comes through here.)
         while uncovered > 0 and limiter.available_tokens >= 1:
             # Background openings back off after failures; borrowers never wait.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import anyio
 
 if TYPE_CHECKING:
+    from ._backend import Signal
     from ._conn import Conn
 
 __all__ = ("Waiter", "WaiterQueue")
@@ -34,7 +35,7 @@ class Waiter(Generic[R]):
 
     __slots__ = ("conn", "deadline", "error", "event", "fresh")
 
-    def __init__(self, fresh: bool, event: anyio.Event, deadline: float) -> None:
+    def __init__(self, fresh: bool, event: Signal, deadline: float) -> None:
         #: whether the borrower asked for a newly opened connection
         self.fresh = fresh
         self.conn: Conn[R] | None = None

@@ -1,0 +1,95 @@
+"""What the lending path calls, looked up once when a pool opens.
+
+``anyio.current_time()``, ``anyio.lowlevel.checkpoint_if_cancelled()`` and
+``anyio.Event()`` each find the running backend anew (through sniffio's
+context variable and a dictionary of backends): on a busy pool that was a third
+of the cost of handing a connection to a waiting borrower. A pool runs on one
+event loop from the moment it is entered, so it binds these once:
+
+* the backend's clock: trio's own ``current_time`` (so that trio's
+  ``MockClock`` still drives every deadline), the asyncio loop's ``time``;
+* the backend's cancellation check, the one anyio's own primitives make before
+  they take something without waiting;
+* the cheapest one-shot wake-up the backend offers, for a waiting borrower: a
+  bare future on asyncio (``anyio.Event`` wraps an ``asyncio.Event``, which
+  makes a future of its own for each wait), ``trio.Event`` on trio.
+
+A wake-up is set at most once and waited on by one task at most once, which is
+all a waiting borrower needs; anything waited on repeatedly keeps using
+``anyio.Event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import anyio.lowlevel
+
+__all__ = ("Backend", "Signal", "bind")
+
+
+class Signal(Protocol):
+    """A one-shot wake-up: :meth:`set` once, ``await wait()`` once."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
+class _FutureSignal:
+    """A one-shot wake-up on asyncio: one future, resolved by :meth:`set`."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self._future = future
+
+    def set(self) -> None:
+        if not self._future.done():  # done already when its waiter was cancelled
+            self._future.set_result(None)
+
+    def is_set(self) -> bool:
+        future = self._future
+        return future.done() and not future.cancelled()
+
+    def wait(self) -> asyncio.Future[None]:
+        return self._future
+
+
+class Backend:
+    """The running backend's clock, cancellation check and wake-up, bound once."""
+
+    __slots__ = ("checkpoint_if_cancelled", "now", "signal")
+
+    def __init__(
+        self,
+        now: Callable[[], float],
+        checkpoint_if_cancelled: Callable[[], Awaitable[None]],
+        signal: Callable[[], Signal],
+    ) -> None:
+        #: the current time on the backend's clock
+        self.now = now
+        #: raise the cancellation of an enclosing cancelled scope, else return at once
+        self.checkpoint_if_cancelled = checkpoint_if_cancelled
+        #: a new one-shot wake-up
+        self.signal = signal
+
+
+def bind() -> Backend:
+    """The running backend's primitives (call inside its event loop)."""
+    token = anyio.lowlevel.current_token()
+    loop = token.native_token
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        create_future = loop.create_future
+
+        def signal() -> Signal:
+            return _FutureSignal(create_future())
+
+        return Backend(loop.time, token.backend_class.checkpoint_if_cancelled, signal)
+    import trio  # the only other backend anyio runs on; imported only when running
+
+    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, trio.Event)
