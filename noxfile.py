@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s tests`` (the full suite), ``lint``, ``typecheck``, ``demo``, ``bench``."""
+"""Sessions: ``tests`` (the full suite), ``lint``, ``typecheck``, ``demo``, ``bench``, ``soak``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ def tests(session: nox.Session) -> None:
     """The test suite, every async test on asyncio, asyncio+uvloop and trio."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The soak under injected faults, not in the default run (``SOAK_SECONDS`` per backend)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "soak", "-s", "tests/test_soak.py", *session.posargs)
 
 
 @nox.session
