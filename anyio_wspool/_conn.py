@@ -42,7 +42,8 @@ class State(IntEnum):
 
 #: every move a connection may make; the pool asserts it on each change
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.CONNECTING: frozenset({State.IDLE, State.LENT, State.CLOSING}),
+    # CONNECTING -> DRAINING: with drain_on_release, before the first lease.
+    State.CONNECTING: frozenset({State.IDLE, State.LENT, State.DRAINING, State.CLOSING}),
     State.IDLE: frozenset({State.LENT, State.CLOSING}),
     # LENT -> LENT: given back and handed straight to the next waiter.
     State.LENT: frozenset({State.IDLE, State.LENT, State.DRAINING, State.CLOSING}),

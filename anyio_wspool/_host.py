@@ -206,6 +206,9 @@ class ConnectionHost(Generic[R]):
     async def _prepare(self, conn: Conn[R]) -> None:
         """Run ``on_release``, then drain stale server data, then report to the pool.
 
+        A new connection (``drain_on_release``) comes here before its first
+        lease, for the drain only.
+
         Both together are bounded by ``drain_timeout``: a hook that hangs, or a
         server that keeps sending, gets the connection closed, never lent.
         """
@@ -214,7 +217,7 @@ class ConnectionHost(Generic[R]):
         # Retiring the connection (the pool closes) cancels the hook and the drain.
         with anyio.CancelScope() as conn.scope, anyio.move_on_after(config.drain_timeout) as scope:
             try:
-                if config.on_release is not None:
+                if config.on_release is not None and conn.lent_before:
                     await config.on_release(conn.resource)
                 if config.drain_on_release and conn.state is State.DRAINING:
                     await self._drain(conn)

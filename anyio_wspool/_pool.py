@@ -190,8 +190,12 @@ class WebSocketPool(Generic[R]):
         self._paused: set[Conn[R]] = set()
         #: connections being opened for waiters (not in the background)
         self._wanted = 0
+        #: new connections being drained before their first lease (drain_on_release)
+        self._priming = 0
         #: whether a released connection goes through the host task before idle
         self._prepare_on_release = config.drain_on_release or config.on_release is not None
+        #: whether a new connection is drained before its first lease
+        self._prime = config.drain_on_release and config.on_connect is not None
         #: runs on_drained; None when there is no callback
         self._dispatcher = Dispatcher() if config.on_drained is not None else None
         #: bumped by invalidate(): connections of an older generation are not lent again
@@ -650,7 +654,7 @@ class WebSocketPool(Generic[R]):
             timeout == 0
             and not (fresh and self._idle)  # an idle connection can make room
             and self._limiter.available_tokens
-            <= len(waiters) - self._counts[_CONNECTING] + len(self._paused)
+            <= len(waiters) - self._counts[_CONNECTING] - self._priming + len(self._paused)
         ):
             self._counters.acquire_timeouts += 1
             raise self._timeout_error(0.0)
@@ -811,6 +815,14 @@ class WebSocketPool(Generic[R]):
         self._connector.park(conn.resource, self._drained)
         if self._closing:
             self._retire(conn, Reason.POOL_CLOSED)
+        elif self._prime:
+            # on_connect made the server talk: what is still in flight is
+            # drained too, by the host task, as on a released connection,
+            # before the first lease. The connection still counts as being
+            # opened, for the waiter it was opened for.
+            self._priming += 1
+            self._set_state(conn, _DRAINING)
+            conn.wake.set()
         else:
             self._put_back(conn)
         self._notify()
@@ -842,6 +854,8 @@ class WebSocketPool(Generic[R]):
         )
 
     def _prepared(self, conn: Conn[R]) -> None:
+        if not conn.lent_before:
+            self._priming -= 1
         self._put_back(conn)
 
     async def _pause(self, conn: Conn[R], delay: float) -> None:
@@ -945,7 +959,7 @@ class WebSocketPool(Generic[R]):
         if self._closing or self._tg is None:
             return
         counts = self._counts
-        connecting = counts[_CONNECTING]
+        connecting = counts[_CONNECTING] + self._priming
         live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
         waiters = self._waiters
         paused = self._paused
@@ -1001,6 +1015,8 @@ class WebSocketPool(Generic[R]):
             # Released, maybe with messages its borrower never read: they are
             # drained like any other, not dropped unseen with the connection.
             self._connector.park(conn.resource, self._drained)
+            if not conn.lent_before:
+                self._priming -= 1
         if conn.scope is not None:
             # Stop what is being done for it: connecting, backing off, a hook,
             # the drain, a check_on_acquire ping.

@@ -78,6 +78,7 @@ class Faults(TypedDict, total=False):
     push_delay: float
     silent: bool
     answer_pings: bool
+    ping_before_close_reply: bool
     stop_reading: bool
     echo: bool
     accept_subprotocol: str | None
@@ -135,6 +136,7 @@ class WSServer:
         "max_open",
         "messages_received",
         "open_connections",
+        "ping_before_close_reply",
         "port",
         "push_after_reply",
         "push_delay",
@@ -170,6 +172,9 @@ class WSServer:
         self.push_delay: float = 0.0
         self.silent: bool = False
         self.answer_pings: bool = True
+        # Send a Ping after the client's close frame, before answering it (RFC
+        # 6455 allows control frames until the close is answered).
+        self.ping_before_close_reply: bool = False
         self.stop_reading: bool = False
         self.echo: bool = True
         self.accept_subprotocol: str | None = None
@@ -423,6 +428,11 @@ class WSServer:
         if state is ConnectionState.REMOTE_CLOSING:
             # The client starts the closing handshake: answer it.
             self.closes_received += 1
+            if self.ping_before_close_reply:
+                # wsproto sends no Ping once the peer closed: the frame by hand
+                # (FIN + ping opcode, unmasked, 4-byte payload).
+                async with conn.write_lock:
+                    await conn.stream.send(b"\x89\x04late")
             await self._send(conn, event.response(), (ConnectionState.REMOTE_CLOSING,))
         elif state is ConnectionState.CLOSED:
             # The client answers the server's close frame.
