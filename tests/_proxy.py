@@ -79,13 +79,15 @@ def _pause_reading(stream: SocketStream, paused: bool) -> None:
 class _Pair:
     """One client connection and, unless blackholed, its connection to the server."""
 
-    __slots__ = ("client", "reset", "scope", "server")
+    __slots__ = ("client", "dead", "reset", "scope", "server")
 
     def __init__(self, client: SocketStream) -> None:
         self.client = client
         self.server: SocketStream | None = None
         self.scope = anyio.CancelScope()
         self.reset = False
+        #: everything is discarded from now on, both ways, without a word
+        self.dead = False
 
     def drop(self, reset: bool) -> None:
         self.reset = self.reset or reset
@@ -158,6 +160,13 @@ class FaultProxy:
         """Close every open connection, both sides (with a TCP reset if ``reset``)."""
         for pair in list(self._pairs):
             pair.drop(reset)
+
+    def kill_open(self) -> None:
+        """Make the open connections dead peers: everything they carry is discarded
+        from now on and their sockets stay open; new connections follow the mode."""
+        for pair in self._pairs:
+            pair.dead = True
+        self._notify()
 
     async def stop_listening(self) -> None:
         """Close the listener: new connections are refused until :meth:`start_listening`."""
@@ -265,11 +274,11 @@ class FaultProxy:
                 data = await source.receive()
                 while True:  # what the mode is when the chunk is to be forwarded
                     mode = self.mode
-                    if mode == "stall" and self._applies(direction):
+                    if mode == "stall" and self._applies(direction) and not pair.dead:
                         await self._until_mode_changes()
                         continue
                     break
-                if mode == "blackhole":
+                if mode == "blackhole" or pair.dead:
                     continue
                 if mode == "latency" and self._applies(direction):
                     await anyio.sleep(self.delay)

@@ -20,6 +20,7 @@ from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, WebSocketUpgrad
 
 from anyio_wspool import PoolClosed, PoolError, PoolTimeout, WebSocketPool, open_pool
 
+from ._proxy import serve_proxy
 from ._util import until, wait_closed
 from ._wsserver import WSServer
 
@@ -395,22 +396,22 @@ def ws_server_url_outside_loop() -> str:
 
 
 async def test_item14_a_dead_peer_frees_its_capacity_at_once(ws_server: WSServer) -> None:
-    async with open_pool(
-        ws_server.url,
-        max_connections=1,
-        close_timeout=5.0,
-        keepalive_ping_interval_seconds=0.05,
-        keepalive_ping_timeout_seconds=0.1,
-    ) as pool:
-        async with pool.connection() as first:
-            await echo(first)
-        ws_server.answer_pings = False
-        await wait_closed(first)  # keep-alive gave up: the peer is dead
-        ws_server.answer_pings = True
-        started = anyio.current_time()
-        async with pool.connection() as second:
-            await echo(second)
-        assert anyio.current_time() - started < 2.0  # the bug: close_timeout (5 s)
+    async with serve_proxy("127.0.0.1", ws_server.port) as proxy:
+        async with open_pool(
+            proxy.url,
+            max_connections=1,
+            close_timeout=5.0,
+            keepalive_ping_interval_seconds=0.05,
+            keepalive_ping_timeout_seconds=0.1,
+        ) as pool:
+            async with pool.connection() as first:
+                await echo(first)
+            proxy.kill_open()  # the peer is gone without a word: nothing comes back
+            await wait_closed(first)  # keep-alive gave up on it
+            started = anyio.current_time()
+            async with pool.connection() as second:
+                await echo(second)
+            assert anyio.current_time() - started < 2.0  # the bug: close_timeout (5 s)
 
 
 # 15 ------------------------------------------------------------------------------------
@@ -419,14 +420,28 @@ async def test_item14_a_dead_peer_frees_its_capacity_at_once(ws_server: WSServer
 async def test_item15_a_send_after_the_servers_close_carries_its_code(
     ws_server: WSServer,
 ) -> None:
-    async with open_pool(ws_server.url) as pool:
-        with pytest.raises(WebSocketDisconnect) as caught:
+    # The server's close frame arrives while a large send holds the socket (the
+    # proxy stopped reading it): the answer to the close cannot be written yet,
+    # and a send in that window must report the server's code.
+    async with serve_proxy("127.0.0.1", ws_server.port) as proxy:
+        async with open_pool(proxy.url, close_timeout=1.0) as pool:
+            refused: list[WebSocketDisconnect] = []
             async with pool.connection() as ws:
                 await echo(ws)
-                await ws_server.close_all(4001, wait=False)
-                await wait_closed(ws)
-                await ws.send_text("after the close")
-        assert caught.value.code == 4001
+                proxy.set_mode("stop_reading", direction="up")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ws.send_bytes, b"x" * 64_000_000)
+                    await anyio.wait_all_tasks_blocked()
+                    await ws_server.close_all(4001, wait=False)
+                    with anyio.fail_after(5):
+                        await ws._should_close.wait()  # the close frame was read
+                    try:
+                        await ws.send_text("after the close")
+                    except WebSocketDisconnect as exc:
+                        refused.append(exc)
+                    tg.cancel_scope.cancel()
+                proxy.set_mode("pass")
+            assert [exc.code for exc in refused] == [4001]
 
 
 # and the two variants of 8 that need no server ----------------------------------------
