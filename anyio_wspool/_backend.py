@@ -12,7 +12,7 @@ event loop from the moment it is entered, so it binds these once:
   they take something without waiting;
 * the cheapest one-shot wake-up the backend offers, for a waiting borrower: a
   bare future on asyncio (``anyio.Event`` wraps an ``asyncio.Event``, which
-  makes a future of its own for each wait), ``trio.Event`` on trio.
+  makes a future of its own for each wait), the parked task itself on trio.
 
 A wake-up is set at most once and waited on by one task at most once, which is
 all a waiting borrower needs; anything waited on repeatedly keeps using
@@ -92,4 +92,51 @@ def bind() -> Backend:
         return Backend(loop.time, token.backend_class.checkpoint_if_cancelled, signal)
     import trio  # the only other backend anyio runs on; imported only when running
 
-    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, trio.Event)
+    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal())
+
+
+def _trio_signal() -> Callable[[], Signal]:
+    """The one-shot wake-up on trio: the waiting task itself, rescheduled by ``set``.
+
+    ``trio.Event`` keeps a set of waiting tasks and builds an attrs object per
+    event; a waiting borrower is one task, parked with trio's own primitive.
+    """
+    import trio
+
+    reschedule = trio.lowlevel.reschedule
+    current_task = trio.lowlevel.current_task
+    wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+    succeeded = trio.lowlevel.Abort.SUCCEEDED
+    checkpoint = trio.lowlevel.checkpoint
+
+    class TrioSignal:
+        __slots__ = ("_done", "_task")
+
+        def __init__(self) -> None:
+            self._done = False
+            self._task: trio.lowlevel.Task | None = None
+
+        def set(self) -> None:
+            if not self._done:
+                self._done = True
+                task = self._task
+                if task is not None:
+                    self._task = None
+                    reschedule(task)
+
+        def is_set(self) -> bool:
+            return self._done
+
+        async def wait(self) -> None:
+            if self._done:
+                await checkpoint()
+                return
+            self._task = current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._task = None  # cancelled: set() wakes nobody
+                return succeeded
+
+            await wait_task_rescheduled(abort)
+
+    return TrioSignal

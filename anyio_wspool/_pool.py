@@ -162,7 +162,8 @@ class WebSocketPool(Generic[R]):
         config, connector = configure(uri, connect, close, client, options)
         self._config = config
         self._connector = connector
-        self._limiter = anyio.CapacityLimiter(config.max_connections)
+        #: each connection in _conns, from its first attempt until its host
+        #: task ended, holds one unit of capacity: free = _capacity - len(_conns)
         self._capacity = config.max_connections
         self._idle: OrderedDict[Conn[R], None] = OrderedDict()
         self._waiters: WaiterQueue[R] = WaiterQueue()
@@ -350,9 +351,8 @@ class WebSocketPool(Generic[R]):
     def max_connections(self, value: int) -> None:
         value = check_int("max_connections", value, minimum=1)
         self._connector.check_capacity(value)
-        self._limiter.total_tokens = value
         self._capacity = value
-        excess = self._limiter.borrowed_tokens - value
+        excess = len(self._conns) - value
         while excess > 0 and self._idle:
             self._retire(next(iter(self._idle)), Reason.RESIZED)
             excess -= 1
@@ -653,7 +653,7 @@ class WebSocketPool(Generic[R]):
         if (
             timeout == 0
             and not (fresh and self._idle)  # an idle connection can make room
-            and self._limiter.available_tokens
+            and self._capacity - len(self._conns)
             <= len(waiters) - self._counts[_CONNECTING] - self._priming + len(self._paused)
         ):
             self._counters.acquire_timeouts += 1
@@ -911,7 +911,6 @@ class WebSocketPool(Generic[R]):
                 self._back_off_background()
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
-        self._limiter.release_on_behalf_of(conn)
         if self._closing:
             if not self._conns and self._all_closed is not None:
                 self._all_closed.set()
@@ -953,8 +952,7 @@ class WebSocketPool(Generic[R]):
         waiter while capacity allows another: borrowers never wait out a
         background back-off. At a full pool, a waiter adopts it instead.
         """
-        limiter = self._limiter
-        if not (limiter.available_tokens or self._paused or self._idle):
+        if len(self._conns) >= self._capacity and not (self._paused or self._idle):
             return  # a full pool with nothing to adopt or close: every new waiter's case
         if self._closing or self._tg is None:
             return
@@ -967,7 +965,7 @@ class WebSocketPool(Generic[R]):
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
         uncovered = max(for_waiters, for_others)
         # (Checked first: at a full pool, every new waiter comes through here.)
-        while uncovered > 0 and limiter.available_tokens >= 1:
+        while uncovered > 0 and len(self._conns) < self._capacity:
             # Background openings back off after failures; borrowers never wait.
             background = for_waiters <= 0
             conn: Conn[R] = Conn(
@@ -976,7 +974,6 @@ class WebSocketPool(Generic[R]):
                 background=background,
                 delay=self._warm_delay if background else 0.0,
             )
-            limiter.acquire_on_behalf_of_nowait(conn)
             if not background:
                 self._wanted += 1
             self._start(conn)
