@@ -61,6 +61,9 @@ class Connector(Generic[R]):
         """Whether a failed attempt is worth another (network errors, timeouts, 5xx)."""
         return is_transient(error)
 
+    def scrub(self, error: Exception) -> None:
+        """Mask, in place, what a failed attempt's error quotes of a secret."""
+
     def timeout_error(self, seconds: float) -> Exception:
         """The error of an attempt that took longer than ``connect_timeout``."""
         return TimeoutError(f"connecting to {self.target} took longer than {seconds:g} s")

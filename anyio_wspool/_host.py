@@ -153,6 +153,7 @@ class ConnectionHost(Generic[R]):
                     if hook_error is not None:
                         raise hook_error
                 except Exception as exc:
+                    connector.scrub(exc)
                     if conn.opened:
                         logger.warning(
                             "a connection to %s failed in the background and was closed: %s",

@@ -21,8 +21,17 @@ from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from wsproto.events import BytesMessage, TextMessage
 
 from ._connector import Connector, Sink
-from ._redact import RedactorHandle, install_log_redactor, redact_url
+from ._redact import RedactorHandle, install_log_redactor, redact_url, scrub_error
 from ._session import PooledWebSocketSession, hardened_session_class
+
+#: the loggers whose records may carry a secret: httpx's request log, httpcore's trace
+_REDACTED_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
 
 __all__ = ("HttpxWsConnector", "check_httpx_option", "check_uri", "client_connection_limit")
 
@@ -187,7 +196,7 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
             options.pop("session_class", AsyncWebSocketSession)
         )
         self._options = options
-        self._redactor: RedactorHandle | None = None
+        self._redactors: list[RedactorHandle] = []
 
     # -- the client's life --------------------------------------------------
 
@@ -205,8 +214,9 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
             )
 
     async def start(self) -> None:
-        # httpx logs each request's full URL at INFO: the upgrade's too.
-        self._redactor = install_log_redactor("httpx")
+        # httpx logs each request's full URL at INFO (the upgrade's too), and
+        # httpcore's DEBUG trace quotes the errors of h11, header values included.
+        self._redactors = [install_log_redactor(name) for name in _REDACTED_LOGGERS]
         if self._given_client is None:
             client = httpx.AsyncClient(
                 # The pool's limiter bounds the connections; the client's own
@@ -217,7 +227,7 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
             try:
                 await client.__aenter__()
             except BaseException:
-                self._redactor.remove()
+                self._remove_redactors()
                 raise
             self._client = client
 
@@ -228,8 +238,15 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
                     await client.aclose()
         finally:
-            if self._redactor is not None:
-                self._redactor.remove()
+            self._remove_redactors()
+
+    def _remove_redactors(self) -> None:
+        redactors, self._redactors = self._redactors, []
+        for redactor in redactors:
+            redactor.remove()
+
+    def scrub(self, error: Exception) -> None:
+        scrub_error(error)
 
     # -- connecting -----------------------------------------------------------
 

@@ -16,12 +16,14 @@ import traceback
 from collections import Counter
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ("describe_error", "install_log_redactor", "redact_text", "redact_url")
+__all__ = ("describe_error", "install_log_redactor", "redact_text", "redact_url", "scrub_error")
 
 MASK = "***"
 
 # scheme://anything-up-to-whitespace-or-quote; good enough to find URLs in text
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+# h11's "Illegal header value b'Bearer ...'": the value, quoted, after the words
+_HEADER_VALUE_IN_TEXT = re.compile(r"(header value:? )b?(['\"])(?:\\.|(?!\2).)*\2", re.IGNORECASE)
 
 
 def redact_url(url: object) -> str:
@@ -56,10 +58,43 @@ def redact_url(url: object) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Mask the secrets of every URL found in ``text``."""
+    """Mask the secrets of every URL found in ``text``, and quoted header values."""
+    if "eader value" in text or "EADER VALUE" in text:
+        text = _HEADER_VALUE_IN_TEXT.sub(lambda match: match.group(1) + MASK, text)
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def scrub_error(exc: BaseException) -> None:
+    """Mask, in place, the secrets in the message of ``exc`` and of the errors chained to it.
+
+    For errors the pool passes on from a library that quotes what it refused
+    (h11 quotes an illegal header value, which an ``httpx.Auth`` flow may have
+    set at request time, where no check at creation can see it). The type, the
+    traceback and the rest of the text are kept.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        args = []
+        for arg in error.args:
+            if isinstance(arg, BaseException):
+                pending.append(arg)
+            elif not isinstance(arg, int | float | bool | None):
+                text = str(arg)
+                masked = redact_text(text)
+                if masked != text:
+                    arg = masked
+            args.append(arg)
+        error.args = tuple(args)
+        for chained in (error.__cause__, error.__context__):
+            if chained is not None:
+                pending.append(chained)
 
 
 def describe_error(exc: BaseException, *, with_traceback: bool = False) -> str:
@@ -89,7 +124,9 @@ class UrlLogRedactor(logging.Filter):
         args = record.args
         if isinstance(args, tuple) and args:
             record.args = tuple(_redact_arg(arg) for arg in args)
-        if isinstance(record.msg, str) and "://" in record.msg:
+        elif isinstance(args, dict) and args:
+            record.args = {key: _redact_arg(arg) for key, arg in args.items()}
+        if isinstance(record.msg, str):
             record.msg = redact_text(record.msg)
         return True
 
@@ -98,7 +135,8 @@ def _redact_arg(arg: object) -> object:
     if isinstance(arg, int | float | bytes) or arg is None:
         return arg
     text = str(arg)
-    return redact_text(text) if "://" in text else arg
+    masked = redact_text(text)
+    return masked if masked != text else arg
 
 
 _redactor = UrlLogRedactor()

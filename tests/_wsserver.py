@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVarTuple, Unpack
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -78,17 +78,19 @@ class Faults(TypedDict, total=False):
     push_delay: float
     silent: bool
     answer_pings: bool
-    ping_before_close_reply: bool
     stop_reading: bool
     echo: bool
     accept_subprotocol: str | None
     close_timeout: float
+    ping_after_close: bool
+    close_new_after: float | None
+    close_new_code: int
 
 
 class _Connection:
     """One TCP connection and its WebSocket state, served by one task."""
 
-    __slots__ = ("done", "echoed", "is_open", "scope", "stream", "write_lock", "ws")
+    __slots__ = ("done", "echoed", "frozen", "is_open", "scope", "stream", "write_lock", "ws")
 
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
@@ -102,6 +104,8 @@ class _Connection:
         self.done = anyio.Event()
         self.is_open = False
         self.echoed = 0
+        # Set by WSServer.freeze(): what arrives is read and dropped, unanswered.
+        self.frozen = False
 
     def abort(self) -> None:
         """Make the task drop the TCP connection at once, with a reset and no close frame."""
@@ -123,10 +127,13 @@ class WSServer:
     __slots__ = (
         "_changed",
         "_connections",
+        "_tg",
         "accept_subprotocol",
         "answer_pings",
         "close_after",
         "close_code",
+        "close_new_after",
+        "close_new_code",
         "close_timeout",
         "closes_received",
         "echo",
@@ -136,7 +143,8 @@ class WSServer:
         "max_open",
         "messages_received",
         "open_connections",
-        "ping_before_close_reply",
+        "ping_after_close",
+        "pings_received",
         "port",
         "push_after_reply",
         "push_delay",
@@ -152,6 +160,8 @@ class WSServer:
         # Replaced by a new event each time a public attribute is set.
         self._changed = anyio.Event()
         self._connections: set[_Connection] = set()
+        # The server's task group (set by serve_ws): runs the timed closes of close_new_after.
+        self._tg: TaskGroup | None = None
         self.port: int = port
         self.url: str = f"ws://127.0.0.1:{port}/"
         # counters
@@ -162,6 +172,7 @@ class WSServer:
         self.max_open: int = 0
         self.messages_received: int = 0
         self.closes_received: int = 0
+        self.pings_received: int = 0
         self.last_request_headers: list[tuple[str, str]] = []
         self.last_subprotocols: list[str] = []
         # faults
@@ -172,12 +183,16 @@ class WSServer:
         self.push_delay: float = 0.0
         self.silent: bool = False
         self.answer_pings: bool = True
-        # Send a Ping after the client's close frame, before answering it (RFC
-        # 6455 allows control frames until the close is answered).
-        self.ping_before_close_reply: bool = False
         self.stop_reading: bool = False
         self.echo: bool = True
         self.accept_subprotocol: str | None = None
+        # When the client starts the closing handshake, send it a Ping first,
+        # then answer its close frame (RFC 6455 lets a Ping come in between).
+        self.ping_after_close: bool = False
+        # Close each new connection, from the server side, this many seconds
+        # after its handshake, with close_new_code.
+        self.close_new_after: float | None = None
+        self.close_new_code: int = 1008
         # Longest closing handshake (server-initiated close, or the server's own
         # shutdown) before the TCP connection is dropped.
         self.close_timeout: float = 5.0
@@ -263,6 +278,17 @@ class WSServer:
             for conn in self._connections:
                 if conn.is_open:
                     tg.start_soon(action, conn, *args)
+
+    def freeze(self) -> None:
+        """Make every connection open now a dead peer: TCP stays up, nothing is answered.
+
+        What such a connection receives from then on (pings, a close frame,
+        messages) is read and dropped; it ends when its client closes the
+        socket. Connections opened later are served as usual.
+        """
+        for conn in self._connections:
+            conn.frozen = True
+        self._notify()
 
     async def abort_all(self) -> None:
         """Drop every TCP connection at once (a reset, no close frame); return when all are gone."""
@@ -378,7 +404,16 @@ class WSServer:
         self.handshakes += 1
         async with conn.write_lock:
             await conn.stream.send(conn.ws.send(AcceptConnection(subprotocol=subprotocol)))
+        if self.close_new_after is not None and self._tg is not None:
+            self._tg.start_soon(self._close_new, conn, self.close_new_after, self.close_new_code)
         await self._exchange(conn)
+
+    async def _close_new(self, conn: _Connection, delay: float, code: int) -> None:
+        """``close_new_after``: close ``conn`` with ``code``, ``delay`` s after its handshake."""
+        if delay > 0:
+            await anyio.sleep(delay)
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await self._start_close(conn, code)
 
     async def _exchange(self, conn: _Connection) -> None:
         """Serve an open WebSocket connection until its close handshake or end of stream."""
@@ -389,6 +424,8 @@ class WSServer:
             data = await self._receive(conn)
             if data is None:
                 return
+            if conn.frozen:
+                continue
             conn.ws.receive_data(data)
             for event in conn.ws.events():
                 if isinstance(event, TextMessage):
@@ -404,6 +441,7 @@ class WSServer:
                         byte_parts.clear()
                         await self._on_message(conn, BytesMessage(data=payload))
                 elif isinstance(event, Ping):
+                    self.pings_received += 1
                     if self.answer_pings:
                         await self._send(conn, event.response())
                 elif isinstance(event, CloseConnection):
@@ -428,9 +466,9 @@ class WSServer:
         if state is ConnectionState.REMOTE_CLOSING:
             # The client starts the closing handshake: answer it.
             self.closes_received += 1
-            if self.ping_before_close_reply:
-                # wsproto sends no Ping once the peer closed: the frame by hand
-                # (FIN + ping opcode, unmasked, 4-byte payload).
+            if self.ping_after_close:
+                # wsproto sends no Ping once the peer's close frame is in: the
+                # frame is written by hand (FIN + opcode 0x9, unmasked).
                 async with conn.write_lock:
                     await conn.stream.send(b"\x89\x04late")
             await self._send(conn, event.response(), (ConnectionState.REMOTE_CLOSING,))
@@ -457,6 +495,7 @@ async def serve_ws(**faults: Unpack[Faults]) -> AsyncIterator[WSServer]:
         server = WSServer(listener.extra(SocketAttribute.local_port), **faults)
         try:
             async with anyio.create_task_group() as tg:
+                server._tg = tg
                 tg.start_soon(listener.serve, server._handle, tg)
                 try:
                     yield server

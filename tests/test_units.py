@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import random
 import re
+import traceback
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -19,7 +20,7 @@ from anyio_wspool import PoolStats
 from anyio_wspool._conn import TRANSITIONS, Reason, State
 from anyio_wspool._host import ConnectionHost
 from anyio_wspool._options import WS_OPTIONS, Config, PoolOptions, WsOptions
-from anyio_wspool._redact import describe_error, redact_text, redact_url
+from anyio_wspool._redact import describe_error, redact_text, redact_url, scrub_error
 from anyio_wspool._stats import COUNTER_NAMES
 from anyio_wspool._transient import is_transient
 
@@ -107,6 +108,34 @@ def test_describe_error_redacts_the_message_and_the_traceback() -> None:
         assert "SEKRET" not in text
         assert "ConnectionError" in text
         assert "api_key=***" in text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Illegal header value b'Bearer SEKRET\\n'",
+        'Illegal header value b"Bearer SEKRET \\"quoted\\""',
+        "illegal header value: 'SEKRET'",
+    ],
+)
+def test_redact_text_masks_a_quoted_header_value(text: str) -> None:
+    redacted = redact_text(text)
+    assert "SEKRET" not in redacted
+    assert redacted.lower().startswith("illegal header value")
+    assert redacted.endswith("***")
+
+
+def test_scrub_error_masks_the_error_and_its_chain_in_place() -> None:
+    inner = ValueError("Illegal header value b'Bearer SEKRET\\n'")
+    outer = httpx.LocalProtocolError(str(inner))
+    outer.__cause__ = inner
+    wrapper = ConnectionError(inner, 3)
+    for error in (outer, wrapper):
+        scrub_error(error)
+        text = "".join(traceback.format_exception(error))
+        assert "SEKRET" not in text
+    assert type(outer) is httpx.LocalProtocolError
+    assert wrapper.args[1] == 3
 
 
 def _host(**options: float) -> ConnectionHost[object]:
