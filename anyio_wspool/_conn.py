@@ -117,6 +117,7 @@ class Conn(Generic[R]):
         "lease",
         "lent_before",
         "lifetime",
+        "listed",
         "opened",
         "opened_at",
         "reason",
@@ -148,6 +149,8 @@ class Conn(Generic[R]):
         self.opened = False
         self.opened_at = 0.0
         self.lent_before = False
+        #: lent by acquire(), and so listed for release()
+        self.listed = False
         #: incremented at each lend, so that a lease can tell it is still current
         self.lease = 0
         self.reason = Reason.POOL_CLOSED

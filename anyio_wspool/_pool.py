@@ -168,8 +168,9 @@ class WebSocketPool(Generic[R]):
         self._idle: OrderedDict[Conn[R], None] = OrderedDict()
         self._waiters: WaiterQueue[R] = WaiterQueue()
         self._conns: set[Conn[R]] = set()
-        #: lent connections by id() of their resource: leases are tracked by
-        #: connection, and a connector may yield one object for several of them
+        #: the leases of acquire() by id() of their resource, for release():
+        #: leases are tracked by connection, and a connector may yield one
+        #: object for several of them
         self._lent: dict[int, list[Conn[R]]] = {}
         #: how many connections are in each State: the gauges, kept by _set_state
         self._counts = [0] * len(State)
@@ -259,13 +260,22 @@ class WebSocketPool(Generic[R]):
         stays lent until the pool closes (then it is closed, with a warning).
         Raises what :meth:`connection` raises.
         """
-        conn = await self._acquire(False)
-        return conn.resource
+        return self._list(await self._acquire(False))
 
     async def acquire_new(self) -> R:
         """Like :meth:`acquire`, with a newly opened connection (see :meth:`new_connection`)."""
-        conn = await self._acquire(True)
-        return conn.resource
+        return self._list(await self._acquire(True))
+
+    def _list(self, conn: Conn[R]) -> R:
+        """Keep a lease of :meth:`acquire` where :meth:`release` will look for it."""
+        resource = conn.resource
+        lent = self._lent.get(id(resource))
+        if lent is None:
+            self._lent[id(resource)] = [conn]
+        else:
+            lent.append(conn)
+        conn.listed = True
+        return resource
 
     async def release(self, connection: R, *, discard: bool = False) -> None:
         """Give back a connection taken with :meth:`acquire`; ``discard=True`` closes it.
@@ -289,9 +299,17 @@ class WebSocketPool(Generic[R]):
         self._give_back(conn, Reason.DISCARDED if discard else None)
 
     def _lent_conn(self, resource: object) -> Conn[R] | None:
-        """The connection lent most recently with ``resource``, if one is lent."""
+        """The connection lent with ``resource``, if one is lent.
+
+        A lease of :meth:`acquire` first (the most recent); else one of a
+        ``connection()`` block (released by hand inside it: a misuse that the
+        block reports when it ends), found by a scan.
+        """
         for conn in reversed(self._lent.get(id(resource), ())):
             if conn.resource is resource:
+                return conn
+        for conn in self._conns:
+            if conn.state is _LENT and conn.resource is resource:
                 return conn
         return None
 
@@ -704,13 +722,7 @@ class WebSocketPool(Generic[R]):
         if self._config.refresh_on_acquire and conn.lifetime != math.inf:
             conn.expires_at = self._now() + conn.lifetime
         conn.lease += 1
-        resource = conn.resource
-        lent = self._lent.get(id(resource))
-        if lent is None:
-            self._lent[id(resource)] = [conn]
-        else:
-            lent.append(conn)
-        self._connector.unpark(resource)
+        self._connector.unpark(conn.resource)
 
     def _count_lease(self, conn: Conn[R]) -> None:
         counters = self._counters
@@ -725,12 +737,14 @@ class WebSocketPool(Generic[R]):
         Synchronous: it never waits for I/O.
         """
         conn.lease += 1  # the lease that ends is no longer current
-        key = id(conn.resource)
-        lent = self._lent[key]
-        if len(lent) == 1:
-            del self._lent[key]
-        else:
-            lent.remove(conn)
+        if conn.listed:
+            conn.listed = False
+            key = id(conn.resource)
+            lent = self._lent[key]
+            if len(lent) == 1:
+                del self._lent[key]
+            else:
+                lent.remove(conn)
         if conn.state is not _LENT:
             return  # closed under its borrower (the pool closed, the host failed)
         if reason is None and self._closing:

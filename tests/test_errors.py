@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 import httpx
 import pytest
@@ -282,3 +285,22 @@ async def test_a_connection_still_lent_at_close_is_closed_with_a_warning(
     with pytest.raises(WebSocketDisconnect):
         await ws.send_text("after the pool closed")
     await pool.release(ws)  # a no-op once the pool is closed
+
+
+async def test_release_finds_the_acquire_lease_of_a_shared_object() -> None:
+    # A connector that yields one object for every connection: release() gives
+    # back the lease taken with acquire(), never the lease of a block.
+    shared = object()
+
+    @asynccontextmanager
+    async def same_object() -> AsyncIterator[object]:
+        await anyio.lowlevel.checkpoint()
+        yield shared
+
+    async with open_pool(connect=same_object, max_connections=2) as pool:
+        taken = await pool.acquire()
+        async with pool.connection() as held:
+            assert held is taken
+            await pool.release(taken)
+            assert pool.stats.in_use == 1  # the block's lease is still held
+        assert pool.stats.in_use == 0
