@@ -152,6 +152,8 @@ def check_uri(uri: object) -> httpx.URL:
         )
     if not url.host:
         raise ValueError(f"uri {redact_url(uri)!r} has no host")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"uri {redact_url(uri)!r} has port {url.port}; expected 1 to 65535")
     return url
 
 

@@ -85,6 +85,8 @@ def test_option_not_built_yet_is_refused_not_ignored(option: str) -> None:
         ("ftp://example.com/", ValueError, "scheme 'ftp'"),
         ("example.com/ws", ValueError, "scheme"),
         ("ws:///nohost", ValueError, "no host"),
+        ("ws://127.0.0.1:99999/", ValueError, "port 99999"),
+        ("ws://127.0.0.1:0/", ValueError, "port 0"),
         (42, TypeError, "uri must be"),
     ],
 )
