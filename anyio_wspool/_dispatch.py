@@ -14,16 +14,42 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from ._redact import describe_error
 
-__all__ = ("Dispatcher",)
+__all__ = ("CallbackCancelled", "Dispatcher", "await_user")
 
 logger = logging.getLogger("anyio_wspool")
+
+T = TypeVar("T")
+
+
+class CallbackCancelled(RuntimeError):
+    """User code raised a cancellation that no scope around it asked for."""
+
+
+async def await_user(awaitable: Awaitable[T], name: str) -> T:
+    """Await what user code returned (a hook, a callback, a connector).
+
+    On asyncio user code can raise ``CancelledError`` without being cancelled:
+    it awaited a future that some other code cancelled. Passed on, that would
+    end a task of the pool as if the pool had cancelled it. Unless a scope
+    around the call was cancelled indeed (then the cancellation goes on), it
+    becomes a :class:`CallbackCancelled` error, which the pool treats like any
+    other error of that code.
+    """
+    try:
+        return await awaitable
+    except anyio.get_cancelled_exc_class() as exc:
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a real cancellation raises here
+        raise CallbackCancelled(
+            f"{name} raised {type(exc).__name__} without being cancelled"
+        ) from exc
 
 
 class Dispatcher:
@@ -61,7 +87,7 @@ class Dispatcher:
                         try:
                             result = callback(argument)
                             if inspect.isawaitable(result):
-                                await result
+                                await await_user(result, name)
                         except Exception as exc:
                             logger.warning(
                                 "%s raised an exception (the pool goes on): %s",

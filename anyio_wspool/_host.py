@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import anyio
 
 from ._conn import Conn, Reason, State
+from ._dispatch import await_user
 from ._redact import describe_error
 
 if TYPE_CHECKING:
@@ -126,30 +127,9 @@ class ConnectionHost(Generic[R]):
             while True:
                 attempt += 1
                 scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
-                hook_error: Exception | None = None
                 try:
-                    with scope:
-                        async with connector.open() as resource:
-                            if config.on_connect is not None:
-                                # Caught here and raised below, outside the
-                                # session, whose task group would wrap it.
-                                try:
-                                    await config.on_connect(resource)
-                                except Exception as exc:
-                                    hook_error = exc
-                            if hook_error is None and not connector.usable(resource):
-                                # Closed by the server during the handshake or
-                                # on_connect: a failed attempt, with its close
-                                # code (retried if the code says it may help).
-                                hook_error = connector.closed_error(resource)
-                            if hook_error is None:
-                                # Connected: the deadline now only bounds the close.
-                                scope.deadline = math.inf
-                                conn.scope = None
-                                conn.resource = resource
-                                keeper._connected(conn)
-                                await self._serve(conn)
-                                scope.deadline = anyio.current_time() + config.close_timeout
+                    # (The connector is user code too, with connect=.)
+                    hook_error = await await_user(self._attempt(conn, scope), "connect")
                     if hook_error is not None:
                         raise hook_error
                 except Exception as exc:
@@ -194,6 +174,39 @@ class ConnectionHost(Generic[R]):
             )
         keeper._connect_failed(conn, error)
 
+    async def _attempt(self, conn: Conn[R], scope: anyio.CancelScope) -> Exception | None:
+        """One attempt, and the connection's whole life if it succeeds.
+
+        Returns the error of ``on_connect`` (or the server's close during it),
+        raised by the caller outside the session, whose task group would wrap
+        it; returns None when the attempt timed out (``scope``) or the
+        connection was served and retired.
+        """
+        config = self._config
+        connector = self._connector
+        hook_error: Exception | None = None
+        with scope:
+            async with connector.open() as resource:
+                if config.on_connect is not None:
+                    try:
+                        await await_user(config.on_connect(resource), "on_connect")
+                    except Exception as exc:
+                        hook_error = exc
+                if hook_error is None and not connector.usable(resource):
+                    # Closed by the server during the handshake or on_connect:
+                    # a failed attempt, with its close code (retried if the
+                    # code says it may help).
+                    hook_error = connector.closed_error(resource)
+                if hook_error is None:
+                    # Connected: the deadline now only bounds the close.
+                    scope.deadline = math.inf
+                    conn.scope = None
+                    conn.resource = resource
+                    self._keeper._connected(conn)
+                    await self._serve(conn)
+                    scope.deadline = anyio.current_time() + config.close_timeout
+        return hook_error
+
     async def _serve(self, conn: Conn[R]) -> None:
         """While the connection is open: prepare its releases, until it is retired."""
         while True:
@@ -219,7 +232,7 @@ class ConnectionHost(Generic[R]):
         with anyio.CancelScope() as conn.scope, anyio.move_on_after(config.drain_timeout) as scope:
             try:
                 if config.on_release is not None and conn.lent_before:
-                    await config.on_release(conn.resource)
+                    await await_user(config.on_release(conn.resource), "on_release")
                 if config.drain_on_release and conn.state is State.DRAINING:
                     await self._drain(conn)
             except Exception as exc:

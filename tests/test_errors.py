@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx
@@ -13,7 +15,7 @@ from httpx_ws import WebSocketDisconnect, WebSocketNetworkError, WebSocketUpgrad
 
 from anyio_wspool import PoolError, open_pool
 
-from ._util import wait_closed
+from ._util import until, wait_closed
 from ._wsserver import WSServer
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +306,61 @@ async def test_release_finds_the_acquire_lease_of_a_shared_object() -> None:
             await pool.release(taken)
             assert pool.stats.in_use == 1  # the block's lease is still held
         assert pool.stats.in_use == 0
+
+
+# -- user code that raises a cancellation nobody asked for (asyncio) -----------------
+
+
+async def _cancelled_future() -> None:
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future  # raises CancelledError; no scope was cancelled
+
+
+@pytest.mark.parametrize("where", ["on_connect", "on_release", "on_drained", "connector"])
+async def test_a_callback_raising_a_stray_cancellation_is_its_error(
+    ws_server: WSServer, anyio_backend: tuple[str, object], where: str
+) -> None:
+    # On asyncio a hook can raise CancelledError without being cancelled (it
+    # awaited a future that other code cancelled). The pool treats it as the
+    # hook's error: its task group lives on, and borrowers get an answer.
+    if anyio_backend[0] != "asyncio":
+        pytest.skip("only asyncio lets user code raise a cancellation of its own")
+    calls = 0
+
+    async def hook(_: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await _cancelled_future()
+
+    @asynccontextmanager
+    async def connector() -> AsyncIterator[object]:
+        await hook(None)
+        yield object()
+
+    with anyio.fail_after(5):
+        if where == "connector":
+            async with open_pool(connect=connector, acquire_timeout=2) as generic:
+                with pytest.raises(RuntimeError, match="without being cancelled"):
+                    await generic.acquire()
+                async with generic.connection():
+                    pass
+            return
+        options: dict[str, Any] = {where: hook, "acquire_timeout": 2}
+        if where == "on_drained":
+            options["drain_on_release"] = True
+            options["drain_quiet_period"] = 0.05
+        async with open_pool(ws_server.url, **options) as pool:
+            if where == "on_connect":
+                with pytest.raises(RuntimeError, match="without being cancelled"):
+                    await pool.acquire()
+            else:
+                async with pool.connection() as ws:
+                    await ws.send_text("left unread")  # drained, for on_drained
+                await until(lambda: calls == 1)
+            for _ in range(2):  # the pool goes on
+                async with pool.connection() as ws:
+                    await ws.send_text("x")
+                    assert await ws.receive_text() == "x"
+            assert not pool.is_closed
