@@ -258,10 +258,14 @@ class ConnectionHost(Generic[R]):
             self._keeper._prepared(conn)
 
     async def _drain(self, conn: Conn[R]) -> None:
-        """Return once ``drain_quiet_period`` passed without server data.
+        """Return once the server's earlier messages are in and it has been quiet.
 
-        What the borrower left unread, and what arrives while this waits, goes
-        to the pool's sink (``on_drained``); each message that
+        First a ping: the server answers it after every message it sent before
+        it read the ping, so once the pong is in, nothing sent before this
+        release is still on its way, however slow the network. Then
+        ``drain_quiet_period`` without server data, for what the server sends
+        late on its own. What the borrower left unread, and what arrives
+        meanwhile, goes to the pool's sink (``on_drained``); each message that
         ``drain_condition`` counts (every message by default) restarts the
         quiet period.
         """
@@ -274,8 +278,9 @@ class ConnectionHost(Generic[R]):
             if condition is None or condition(event):
                 conn.last_data = anyio.current_time()
 
-        conn.last_data = anyio.current_time()
         self._connector.park(conn.resource, sink)
+        await self._connector.ping(conn.resource)
+        conn.last_data = anyio.current_time()
         while conn.state is State.DRAINING:
             remaining = conn.last_data + quiet - anyio.current_time()
             if remaining <= 0:

@@ -252,3 +252,36 @@ async def test_drop_all_while_twenty_borrowers_are_busy(
         await round_of_twenty(drop=False, rounds=1)
         assert outcomes == {"ok": 20, "error": 0}
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
+
+
+# -- stale data on a slow network ---------------------------------------------------------
+
+
+async def test_a_stale_message_slower_than_the_quiet_period_is_still_drained(
+    ws_server: WSServer, proxy: FaultProxy
+) -> None:
+    # The server pushes "stale" 0.1 s after each echo, and the network takes
+    # 0.3 s each way down: when the first lease ends, "stale" was sent but is
+    # still on its way, and the quiet period (0.05 s) alone would end before it
+    # arrives. The drain's ping comes back only after it.
+    async with open_pool(
+        proxy.url,
+        max_connections=1,
+        drain_on_release=True,
+        drain_quiet_period=0.05,
+        drain_timeout=5.0,
+    ) as pool:
+        async with pool.connection() as ws:
+            await echo(ws, "first")
+            proxy.set_mode("latency", direction="down", delay=0.3)
+            ws_server.push_after_reply = "stale"
+            ws_server.push_delay = 0.1
+            await ws.send_text("second")
+            with anyio.fail_after(5):
+                assert await ws.receive_text() == "second"
+        ws_server.push_after_reply = None
+        async with pool.connection() as ws:
+            await ws.send_text("mine")
+            with anyio.fail_after(5):
+                assert await ws.receive_text() == "mine"
+        assert pool.stats.drained_messages >= 1
