@@ -1,50 +1,41 @@
 """Scenario 7: the peer pools from the package index, asyncio only.
 
-``aio-websocket-pool`` and ``async-websocket-pool`` pin ``websockets<16`` (and
-<17), so this worker runs in a virtual environment of its own that ``run.py``
-creates (``websockets`` 15, both peers, and this project installed editable).
-Every contender here uses the same ``websockets`` 15 client, so that the
-comparison is between pools, not between clients:
-
-* the hand-written queue of 16 ``websockets`` connections (the baseline);
-* ``anyio_wspool`` given ``connect=`` around that client;
-* ``aio-websocket-pool``'s ``WebsocketConnectionPool`` (audex's design: an
-  asyncio lock around every acquire and release, a ping on every reuse, and no
-  waiting: a borrower that finds the pool full gets ``ConnectionPoolExhaustedError``);
-* ``async-websocket-pool``, which is not a lending pool but a set of
-  reconnecting listeners driven by callbacks: it supports only the persistent
-  echo shape (one conversation per connection), measured as such.
-
-The peers are imported by name at run time, so that this file type-checks in an
-environment where they are not installed.
-
-Usage: ``python benchmarks/_peers.py PORT REP [--quick] [--cpu N]``
+They pin ``websockets<16``, so this scenario runs in a virtual environment of
+its own that ``run.py`` creates (``websockets`` 15, both peers, and this
+project installed editable). The peers are imported by name at run time, so
+that this file type-checks where they are not installed.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata
-import platform
 import time
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
-import anyio.lowlevel
-from _common import CLIENT_CPU, PAYLOAD, Recorder, Sizes, pin_to_cpu, sizes_for
 from _scenarios import (
+    OVERHEAD_FLOOR,
+    PAYLOAD,
+    RATE,
+    US,
     ContenderFactory,
-    ItemQueue,
+    Context,
+    Metric,
     Segment,
+    Target,
     borrowers_segment,
-    cycles_segment,
+    echo_websockets,
     floor_segment,
     interleave,
-    pooled_echo_segment,
+    lease_loop,
+    pooled,
+    queued,
+    scenario,
+    wait_until,
     warm_pool,
 )
 
@@ -54,38 +45,87 @@ QUEUE = "queue of 16 websockets connections"
 ANYIO_WSPOOL = "anyio_wspool connect=websockets"
 AIO_POOL = "aio-websocket-pool"
 ASYNC_POOL = "async-websocket-pool (listener callbacks)"
-FLOOR = "floor: CapacityLimiter + deque"
 
 PEER_DISTRIBUTIONS = ("aio-websocket-pool", "async-websocket-pool", "websockets", "tenacity")
 CONNECTIONS = 16
-TIME_LIMIT = 180.0
 
 
-class Peers:
-    """The peers' modules and the ``websockets`` 15 client, looked up at run time."""
+@scenario(
+    "7",
+    QUEUE,
+    [
+        Metric("overhead_us_per_cycle", "overhead, " + US, "lower", 2, baseline=OVERHEAD_FLOOR),
+        Metric("tasks_16_round_trips_per_s", "16 tasks on 16 connections, " + RATE, "higher", 0),
+        Metric("tasks_64_round_trips_per_s", "64 tasks on 16 connections, " + RATE, "higher", 0),
+        Metric("tasks_64_failed_acquires", "64 tasks: failed acquisitions", "lower", 0, False),
+    ],
+    [
+        Target(
+            "peers, 64 tasks: anyio_wspool against the queue (websockets 15)",
+            ANYIO_WSPOOL,
+            "tasks_64_round_trips_per_s >= 0.95",
+            QUEUE,
+            role="reported",
+        ),
+        Target(
+            "peers, 64 tasks: aio-websocket-pool against the queue",
+            AIO_POOL,
+            "tasks_64_round_trips_per_s >= 0.95",
+            QUEUE,
+            role="reported",
+        ),
+        Target(
+            "peers, 16 tasks: async-websocket-pool against the queue",
+            ASYNC_POOL,
+            "tasks_16_round_trips_per_s >= 0.95",
+            QUEUE,
+            role="reported",
+        ),
+        Target(
+            "peers, overhead: anyio_wspool against aio-websocket-pool",
+            ANYIO_WSPOOL,
+            "overhead_us_per_cycle <= 1.0",
+            AIO_POOL,
+            role="reported",
+        ),
+    ],
+    backends=("asyncio",),
+)
+async def scenario_peers(ctx: Context) -> None:
+    """Peers from the package index (asyncio only, websockets 15, own venv)
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.aio: Any = importlib.import_module("aio_websocket_pool")
-        self.listener: Any = importlib.import_module("async_websocket_pool")
-        client: Any = importlib.import_module("websockets.asyncio.client")
-        self._connect: Callable[..., AbstractAsyncContextManager[Any]] = client.connect
+    `aio-websocket-pool` and `async-websocket-pool` pin `websockets<16`: they
+    run in a virtual environment of their own with websockets 15, and every
+    contender of this scenario uses that same client, so that the comparison
+    is between pools, not between clients. `aio-websocket-pool` (an asyncio
+    lock around every acquire and release, a ping on every reuse) fails at
+    once when all its connections are busy (`ConnectionPoolExhaustedError`):
+    with 64 tasks its failed acquisitions are counted and its rate counts
+    successful round trips only. `async-websocket-pool` is not a lending pool
+    (reconnecting listeners with callbacks, no acquire/release): it is
+    measured on the only shape it supports, one conversation per connection
+    (16 tasks).
+    """
+    for name in PEER_DISTRIBUTIONS:
+        ctx.notes[f"version {name}"] = importlib.metadata.version(name)
+    client: Any = importlib.import_module("websockets.asyncio.client")
+    connect = partial(client.connect, ctx.uri, compression=None)
+    aio_module: Any = importlib.import_module("aio_websocket_pool")
 
-    def connect(self) -> AbstractAsyncContextManager[Any]:
-        return self._connect(self.uri, compression=None)
-
-    def aio_pool(self) -> Any:
-        return self.aio.WebsocketConnectionPool(
-            uri=self.uri, max_connections=CONNECTIONS, compression=None
+    def aio_pool() -> Any:
+        return aio_module.WebsocketConnectionPool(
+            uri=ctx.uri, max_connections=CONNECTIONS, compression=None
         )
 
+    await _overhead(ctx, connect, aio_pool)
+    for tasks in (CONNECTIONS, 4 * CONNECTIONS):
+        await _echo(ctx, connect, aio_pool, tasks)
 
-# -- overhead: acquire + release of an idle connection -------------------------------------------
 
-
-async def overhead(peers: Peers, sizes: Sizes, rep: int, rec: Recorder) -> None:
-    segments = sizes.segments
-    cycles = max(1, sizes.peers_overhead_cycles // segments)
+async def _overhead(ctx: Context, connect: Callable[[], Any], aio_pool: Callable[[], Any]) -> None:
+    """Acquire + release of an idle connection: anyio_wspool, aio-websocket-pool, the floor."""
+    segments = ctx.sizes.segments
+    cycles = max(1, ctx.sizes.peers_overhead_cycles // segments)
 
     @asynccontextmanager
     async def floor() -> AsyncIterator[Segment]:
@@ -93,68 +133,34 @@ async def overhead(peers: Peers, sizes: Sizes, rep: int, rec: Recorder) -> None:
 
     @asynccontextmanager
     async def ours() -> AsyncIterator[Segment]:
-        async with open_pool(connect=peers.connect, max_connections=CONNECTIONS) as pool:
+        async with open_pool(connect=connect, max_connections=CONNECTIONS) as pool:
             await warm_pool(pool, 1)
-
-            async def loop(count: int) -> None:
-                for _ in range(count):
-                    async with pool.connection():
-                        pass
-
-            yield cycles_segment(cycles, loop)
+            yield lease_loop(cycles, pool.connection)
 
     @asynccontextmanager
     async def aio() -> AsyncIterator[Segment]:
-        async with peers.aio_pool() as pool:
+        async with aio_pool() as pool:
             async with pool.get_connection():
                 pass
+            yield lease_loop(cycles, pool.get_connection)
 
-            async def loop(count: int) -> None:
-                for _ in range(count):
-                    async with pool.get_connection():
-                        pass
-
-            yield cycles_segment(cycles, loop)
-
-    contenders: dict[str, ContenderFactory] = {FLOOR: floor, ANYIO_WSPOOL: ours, AIO_POOL: aio}
-    totals = await interleave(contenders, segments, rep)
+    contenders = {OVERHEAD_FLOOR: floor, ANYIO_WSPOOL: ours, AIO_POOL: aio}
+    totals = await interleave(contenders, segments, ctx.rep)
     for name, seconds in totals.items():
-        rec.add(name, "overhead_us_per_cycle", seconds / (cycles * segments) * 1e6)
+        ctx.add(name, "overhead_us_per_cycle", seconds / (cycles * segments) * 1e6)
 
 
-# -- echo: N tasks on 16 connections, one lease per round trip -------------------------------------
-
-
-async def echo(peers: Peers, sizes: Sizes, rep: int, rec: Recorder, tasks: int) -> None:
-    segments = sizes.segments
-    rounds = max(1, sizes.peers_round_trips // segments)
-    metric = f"tasks_{tasks}"
+async def _echo(
+    ctx: Context, connect: Callable[[], Any], aio_pool: Callable[[], Any], tasks: int
+) -> None:
+    """``tasks`` tasks on 16 connections, one lease per round trip."""
+    segments = ctx.sizes.segments
+    rounds = max(1, ctx.sizes.peers_round_trips // segments)
     aio_outcomes = [0, 0]  # successful round trips, failed acquisitions (timed segments)
 
     @asynccontextmanager
-    async def queued() -> AsyncIterator[Segment]:
-        queue: ItemQueue[Any] = ItemQueue(CONNECTIONS)
-        async with AsyncExitStack() as stack:
-            for _ in range(CONNECTIONS):
-                queue.put(await stack.enter_async_context(peers.connect()))
-
-            async def one_round() -> None:
-                ws = await queue.get()
-                await ws.send(PAYLOAD)
-                await ws.recv()
-                queue.put(ws)
-
-            yield borrowers_segment(tasks, rounds, one_round)
-
-    @asynccontextmanager
-    async def ours() -> AsyncIterator[Segment]:
-        async with open_pool(connect=peers.connect, max_connections=CONNECTIONS) as pool:
-            await warm_pool(pool, CONNECTIONS)
-            yield pooled_echo_segment(pool, tasks, rounds)
-
-    @asynccontextmanager
     async def aio() -> AsyncIterator[Segment]:
-        async with peers.aio_pool() as pool:
+        async with aio_pool() as pool:
             held = [await pool.acquire() for _ in range(CONNECTIONS)]
             for connection in held:
                 await pool.release(connection)
@@ -163,8 +169,7 @@ async def echo(peers: Peers, sizes: Sizes, rep: int, rec: Recorder, tasks: int) 
             async def one_round() -> None:
                 try:
                     async with pool.get_connection() as connection:
-                        await connection.send(PAYLOAD)
-                        await connection.recv()
+                        await echo_websockets(connection)
                 except Exception:
                     # The pool does not wait: a full pool is an error at once.
                     aio_outcomes[1] += counting[0]
@@ -179,18 +184,28 @@ async def echo(peers: Peers, sizes: Sizes, rep: int, rec: Recorder, tasks: int) 
 
             yield counted
 
-    contenders: dict[str, ContenderFactory] = {QUEUE: queued, ANYIO_WSPOOL: ours, AIO_POOL: aio}
+    contenders: dict[str, ContenderFactory] = {
+        QUEUE: queued(connect, CONNECTIONS, tasks, rounds, echo_websockets),
+        ANYIO_WSPOOL: pooled(
+            lambda: open_pool(connect=connect, max_connections=CONNECTIONS),
+            CONNECTIONS,
+            tasks,
+            rounds,
+            echo_websockets,
+        ),
+        AIO_POOL: aio,
+    }
     if tasks == CONNECTIONS:
-        contenders[ASYNC_POOL] = lambda: listeners(peers, rounds)
-    totals = await interleave(contenders, segments, rep)
+        contenders[ASYNC_POOL] = partial(_listeners, ctx.uri, rounds)
+    totals = await interleave(contenders, segments, ctx.rep)
     for name, seconds in totals.items():
         done = aio_outcomes[0] if name == AIO_POOL else tasks * rounds * segments
-        rec.add(name, f"{metric}_round_trips_per_s", done / seconds)
-        rec.add(name, f"{metric}_failed_acquires", aio_outcomes[1] if name == AIO_POOL else 0)
+        ctx.add(name, f"tasks_{tasks}_round_trips_per_s", done / seconds)
+        ctx.add(name, f"tasks_{tasks}_failed_acquires", aio_outcomes[1] if name == AIO_POOL else 0)
 
 
 @asynccontextmanager
-async def listeners(peers: Peers, rounds: int) -> AsyncIterator[Segment]:
+async def _listeners(uri: str, rounds: int) -> AsyncIterator[Segment]:
     """async-websocket-pool: 16 listener connections, each echoing ``rounds`` times a segment.
 
     Its ``connect()`` reads messages and hands each to ``on_message`` in a new
@@ -198,81 +213,40 @@ async def listeners(peers: Peers, rounds: int) -> AsyncIterator[Segment]:
     flight: a segment sends the first message on every connection, and
     ``on_message`` sends the next one until the connection's count is reached.
     """
-    sockets: list[Any] = []
+    listener: Any = importlib.import_module("async_websocket_pool")
+    sockets: dict[int, Any] = {}
     left = [0] * CONNECTIONS
     finished = [0]
     all_finished = [anyio.Event()]
 
     def conversation(index: int) -> Callable[[], Awaitable[None]]:
         async def on_connect(ws: Any) -> None:
-            sockets.append((index, ws))
+            sockets[index] = ws
 
         async def on_message(message: Any) -> None:
             left[index] -= 1
             if left[index] > 0:
-                await dict(sockets)[index].send(PAYLOAD)
+                await sockets[index].send(PAYLOAD)
                 return
             finished[0] += 1
             if finished[0] == CONNECTIONS:
                 all_finished[0].set()
 
-        async def run() -> None:
-            await peers.listener.connect(peers.uri, on_message, on_connect, compression=None)
-
-        return run
+        return partial(listener.connect, uri, on_message, on_connect, compression=None)
 
     async def segment(warmup: bool) -> float:
         count = max(1, rounds // 5) if warmup else rounds
         finished[0] = 0
         all_finished[0] = anyio.Event()
         start = time.perf_counter()
-        for index, ws in sockets:
+        for index, ws in sockets.items():
             left[index] = count
             await ws.send(PAYLOAD)
         await all_finished[0].wait()
         return time.perf_counter() - start
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(
-            peers.listener.run_pool, [conversation(index) for index in range(CONNECTIONS)]
-        )
-        with anyio.fail_after(TIME_LIMIT):
-            for _ in range(100_000):
-                if len(sockets) == CONNECTIONS:
-                    break
-                await anyio.lowlevel.checkpoint()
+        tg.start_soon(listener.run_pool, [conversation(index) for index in range(CONNECTIONS)])
+        await wait_until(lambda: len(sockets) == CONNECTIONS)
         yield segment
         tg.cancel_scope.cancel()
-
-
-async def _main(port: int, rep: int, sizes: Sizes, rec: Recorder) -> None:
-    peers = Peers(f"ws://127.0.0.1:{port}/echo")
-    await overhead(peers, sizes, rep, rec)
-    await echo(peers, sizes, rep, rec, CONNECTIONS)
-    await echo(peers, sizes, rep, rec, 4 * CONNECTIONS)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("port", type=int)
-    parser.add_argument("rep", type=int)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--cpu", type=int, default=CLIENT_CPU)
-    args = parser.parse_args(argv)
-    rec = Recorder("peers")
-    rec.note("pinned", str(pin_to_cpu(args.cpu)))
-    rec.note("python", platform.python_version())
-    rec.note("loop", "asyncio")
-    for name in PEER_DISTRIBUTIONS:
-        rec.note(f"version {name}", importlib.metadata.version(name))
-    start = time.monotonic()
-    try:
-        anyio.run(_main, args.port, args.rep, sizes_for(args.quick), rec)
-    except Exception:
-        rec.fail(traceback.format_exc())
-    rec.seconds = time.monotonic() - start
-    rec.emit()
-
-
-if __name__ == "__main__":
-    main()

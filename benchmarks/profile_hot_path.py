@@ -22,14 +22,12 @@ import argparse
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-from _common import BACKENDS
-from _scenarios import fake_resource, warm_pool
+from _scenarios import BACKENDS, fake_resource, run_on, warm_pool
 
 from anyio_wspool import open_pool
 
@@ -77,12 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("pyinstrument is not installed: pip install pyinstrument")
 
     profiler = pyinstrument.Profiler(interval=0.0001, async_mode="disabled")
-    run = partial(PATHS[args.path], args.cycles)
     profiler.start()
-    if args.backend == "uvloop":
-        anyio.run(run, backend="asyncio", backend_options={"use_uvloop": True})
-    else:
-        anyio.run(run, backend=args.backend)
+    run_on(args.backend, PATHS[args.path], args.cycles)
     profiler.stop()
     sys.stdout.write(profiler.output_text(unicode=True, color=False, show_all=False))
     if args.html is not None:
