@@ -963,7 +963,7 @@ async def _idle_cost(lease: Callable[[], ACM[object]], cycles: int) -> float:
     return (time.perf_counter() - start) / cycles
 
 
-async def _pool_idle_cost(idle: int, cycles: int) -> float:
+async def pool_idle_cost(idle: int, cycles: int) -> float:
     async with open_pool(connect=fake_resource, max_connections=idle) as pool:
         await warm_pool(pool, idle)
         return await _idle_cost(pool.connection, cycles)
@@ -1020,7 +1020,7 @@ async def _hand_off_cost(
     return (last - start) / (per_task * waiting)
 
 
-async def _pool_wait_cost(waiting: int, ops: int) -> float:
+async def pool_wait_cost(waiting: int, ops: int) -> float:
     async with open_pool(connect=fake_resource, max_connections=1) as pool:
         await warm_pool(pool, 1)
         held: list[object] = []
@@ -1113,8 +1113,8 @@ async def scenario_scale(ctx: Context) -> None:
     sizes = ctx.sizes
     costs: dict[tuple[str, str, str], float] = {}
     for name in rotate([SCALE_POOL, SCALE_FLOOR], ctx.rep):
-        idle_cost = _pool_idle_cost if name == SCALE_POOL else _floor_idle_cost
-        wait_cost = _pool_wait_cost if name == SCALE_POOL else _floor_wait_cost
+        idle_cost = pool_idle_cost if name == SCALE_POOL else _floor_idle_cost
+        wait_cost = pool_wait_cost if name == SCALE_POOL else _floor_wait_cost
         for rank, idle in zip(SCALE_IDLE_RANKS, sizes.scale_idle, strict=True):
             with anyio.fail_after(CONTENDER_TIME_LIMIT):
                 costs[name, "idle", rank] = await idle_cost(idle, sizes.scale_cycles)

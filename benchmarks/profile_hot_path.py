@@ -22,42 +22,16 @@ import argparse
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.lowlevel
-from _scenarios import BACKENDS, fake_resource, run_on, warm_pool
+from _scenarios import BACKENDS, pool_idle_cost, pool_wait_cost, run_on
 
-from anyio_wspool import open_pool
-
-
-async def idle_path(cycles: int) -> None:
-    async with open_pool(connect=fake_resource) as pool:
-        await warm_pool(pool, 1)
-        for _ in range(cycles):
-            async with pool.connection():
-                pass
-
-
-async def handoff_path(cycles: int, borrowers: int = 10) -> None:
-    per_task = max(1, cycles // borrowers)
-    async with open_pool(connect=fake_resource, max_connections=1) as pool:
-        await warm_pool(pool, 1)
-
-        async def borrower() -> None:
-            for _ in range(per_task):
-                async with pool.connection():
-                    await anyio.lowlevel.checkpoint()
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(borrowers):
-                tg.start_soon(borrower)
-
-
-PATHS: dict[str, Callable[[int], Awaitable[None]]] = {
-    "idle": idle_path,
-    "handoff": handoff_path,
+#: each path takes the number of leases: one idle connection, or ten borrowers on one
+PATHS: dict[str, Callable[[int], Awaitable[float]]] = {
+    "idle": partial(pool_idle_cost, 1),
+    "handoff": partial(pool_wait_cost, 10),
 }
 
 

@@ -77,16 +77,19 @@ def pin(cpu: int) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def failed(scenario: str, backend: str, rep: int, seconds: float, error: str) -> Run:
+def record(
+    scenario: str, backend: str, rep: int, seconds: float, error: str | None, ctx: Context | None
+) -> Run:
+    """One scenario's result: its figures (from ``ctx``), or the error that stopped it."""
     return Run(
         scenario=scenario,
         backend=backend,
         rep=rep,
-        ok=False,
+        ok=error is None,
         seconds=seconds,
         error=error,
-        measurements=[],
-        notes={},
+        measurements=ctx.measurements if ctx is not None and error is None else [],
+        notes=ctx.notes if ctx is not None else {},
     )
 
 
@@ -98,22 +101,13 @@ def worker(names: Sequence[str], backend: str, port: int, rep: int, quick: bool)
     for name in names:
         ctx = Context(backend, port, rep, QUICK if quick else FULL)
         start = time.monotonic()
+        error = None
         try:
             run_on(backend, run_scenario, name, ctx)
         except Exception:
-            record = failed(name, backend, rep, time.monotonic() - start, traceback.format_exc())
-        else:
-            record = Run(
-                scenario=name,
-                backend=backend,
-                rep=rep,
-                ok=True,
-                seconds=time.monotonic() - start,
-                error=None,
-                measurements=ctx.measurements,
-                notes=ctx.notes,
-            )
-        print(RESULT_MARKER + json.dumps(record), flush=True)
+            error = traceback.format_exc()
+        result = record(name, backend, rep, time.monotonic() - start, error, ctx)
+        print(RESULT_MARKER + json.dumps(result), flush=True)
 
 
 def run_worker(
@@ -142,7 +136,7 @@ def run_worker(
             record = json.loads(line.removeprefix(RESULT_MARKER))
             found[record["scenario"]] = record
     seconds = time.monotonic() - start
-    return [found.get(name) or failed(name, backend, rep, seconds, error) for name in names]
+    return [found.get(name) or record(name, backend, rep, seconds, error, None) for name in names]
 
 
 # -- the echo server and the peers' environment --------------------------------------------------
@@ -359,18 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             python = peer_python if group == [PEERS] else sys.executable
             if python is None:
                 error = f"the peers' environment could not be made: {peer_problem}"
-                records = [failed(PEERS, backend, rep, 0.0, error)]
+                records = [record(PEERS, backend, rep, 0.0, error, None)]
             else:
                 timeout = sizes.worker_timeout * len(group)
                 records = run_worker(python, group, backend, rep, port, args.quick, timeout)
             runs += records
-            for record in records:
-                status = (
-                    "ok" if record["ok"] else "FAILED: " + str(record["error"]).splitlines()[-1]
-                )
+            for run in records:
+                status = "ok" if run["ok"] else "FAILED: " + str(run["error"]).splitlines()[-1]
                 log(
-                    f"[{index:3d}/{len(jobs)}] {record['scenario']:<10} {backend:<7} "
-                    f"rep {rep}: {record['seconds']:5.1f} s {status}"
+                    f"[{index:3d}/{len(jobs)}] {run['scenario']:<10} {backend:<7} "
+                    f"rep {rep}: {run['seconds']:5.1f} s {status}"
                 )
 
     peer_versions = {
