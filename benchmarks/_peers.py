@@ -51,8 +51,7 @@ CONNECTIONS = 16
 
 
 @scenario(
-    "7",
-    QUEUE,
+    "7", QUEUE,
     [
         Metric("overhead_us_per_cycle", "overhead, " + US, "lower", 2, baseline=OVERHEAD_FLOOR),
         Metric("tasks_16_round_trips_per_s", "16 tasks on 16 connections, " + RATE, "higher", 0),
@@ -60,37 +59,17 @@ CONNECTIONS = 16
         Metric("tasks_64_failed_acquires", "64 tasks: failed acquisitions", "lower", 0, False),
     ],
     [
-        Target(
-            "peers, 64 tasks: anyio_wspool against the queue (websockets 15)",
-            ANYIO_WSPOOL,
-            "tasks_64_round_trips_per_s >= 0.95",
-            QUEUE,
-            role="reported",
-        ),
-        Target(
-            "peers, 64 tasks: aio-websocket-pool against the queue",
-            AIO_POOL,
-            "tasks_64_round_trips_per_s >= 0.95",
-            QUEUE,
-            role="reported",
-        ),
-        Target(
-            "peers, 16 tasks: async-websocket-pool against the queue",
-            ASYNC_POOL,
-            "tasks_16_round_trips_per_s >= 0.95",
-            QUEUE,
-            role="reported",
-        ),
-        Target(
-            "peers, overhead: anyio_wspool against aio-websocket-pool",
-            ANYIO_WSPOOL,
-            "overhead_us_per_cycle <= 1.0",
-            AIO_POOL,
-            role="reported",
-        ),
+        Target("peers, 64 tasks: anyio_wspool against the queue (websockets 15)",
+               ANYIO_WSPOOL, "tasks_64_round_trips_per_s >= 0.95", QUEUE, role="reported"),
+        Target("peers, 64 tasks: aio-websocket-pool against the queue",
+               AIO_POOL, "tasks_64_round_trips_per_s >= 0.95", QUEUE, role="reported"),
+        Target("peers, 16 tasks: async-websocket-pool against the queue",
+               ASYNC_POOL, "tasks_16_round_trips_per_s >= 0.95", QUEUE, role="reported"),
+        Target("peers, overhead: anyio_wspool against aio-websocket-pool",
+               ANYIO_WSPOOL, "overhead_us_per_cycle <= 1.0", AIO_POOL, role="reported"),
     ],
     backends=("asyncio",),
-)
+)  # fmt: skip
 async def scenario_peers(ctx: Context) -> None:
     """Peers from the package index (asyncio only, websockets 15, own venv)
 

@@ -545,38 +545,19 @@ OVERHEAD_POOL_GENERIC = "anyio_wspool pool.connection(), generic fake resource"
 
 
 @scenario(
-    "1",
-    OVERHEAD_FLOOR,
+    "1", OVERHEAD_FLOOR,
     [Metric("us_per_cycle", US, "lower", 2)],
     [
-        Target(
-            f"pool.connection() (httpx-ws) ≤ 1.0{X} the floor",
-            OVERHEAD_POOL,
-            "us_per_cycle <= 1.0",
-            OVERHEAD_FLOOR,
-        ),
-        Target(
-            f"acquire()/release() (httpx-ws) ≤ 1.0{X} the floor",
-            OVERHEAD_POOL_ACQUIRE,
-            "us_per_cycle <= 1.0",
-            OVERHEAD_FLOOR,
-        ),
-        Target(
-            "aim: pool.connection() as cheap as the unbounded deque behind a context manager",
-            OVERHEAD_POOL,
-            "us_per_cycle <= 1.0",
-            OVERHEAD_UNBOUNDED_CM,
-            role="aim",
-        ),
-        Target(
-            "pool.connection() against the bare unbounded deque get/put",
-            OVERHEAD_POOL,
-            "us_per_cycle <= 1.0",
-            OVERHEAD_UNBOUNDED,
-            role="reported",
-        ),
+        Target(f"pool.connection() (httpx-ws) ≤ 1.0{X} the floor",
+               OVERHEAD_POOL, "us_per_cycle <= 1.0", OVERHEAD_FLOOR),
+        Target(f"acquire()/release() (httpx-ws) ≤ 1.0{X} the floor",
+               OVERHEAD_POOL_ACQUIRE, "us_per_cycle <= 1.0", OVERHEAD_FLOOR),
+        Target("aim: pool.connection() as cheap as the unbounded deque behind a context manager",
+               OVERHEAD_POOL, "us_per_cycle <= 1.0", OVERHEAD_UNBOUNDED_CM, role="aim"),
+        Target("pool.connection() against the bare unbounded deque get/put",
+               OVERHEAD_POOL, "us_per_cycle <= 1.0", OVERHEAD_UNBOUNDED, role="reported"),
     ],
-)
+)  # fmt: skip
 async def scenario_overhead(ctx: Context) -> None:
     """Overhead: acquire + release of an idle connection
 
@@ -654,36 +635,21 @@ ECHO_PER_REQUEST = "aconnect_ws per request"
 
 
 @scenario(
-    "2",
-    ECHO_QUEUE,
+    "2", ECHO_QUEUE,
     [
         Metric("round_trips_per_s", RATE, "higher", 0),
         Metric("server_handshakes", "handshakes seen by the server", "none", 0, False),
     ],
     [
-        Target(
-            f"pooled echo ≥ 0.95{X} queue of 16 httpx-ws sessions (b)",
-            ECHO_POOL,
-            "round_trips_per_s >= 0.95",
-            ECHO_QUEUE,
-        ),
-        Target(
-            "lending alone: pool against a queue of the same hardened sessions",
-            ECHO_POOL,
-            "round_trips_per_s >= 0.95",
-            ECHO_HARDENED,
-            role="reported",
-        ),
-        Target(
-            "multiple over aconnect_ws per request (a)",
-            ECHO_POOL,
-            "round_trips_per_s >= 1.0",
-            ECHO_PER_REQUEST,
-            role="reported",
-        ),
+        Target(f"pooled echo ≥ 0.95{X} queue of 16 httpx-ws sessions (b)",
+               ECHO_POOL, "round_trips_per_s >= 0.95", ECHO_QUEUE),
+        Target("lending alone: pool against a queue of the same hardened sessions",
+               ECHO_POOL, "round_trips_per_s >= 0.95", ECHO_HARDENED, role="reported"),
+        Target("multiple over aconnect_ws per request (a)",
+               ECHO_POOL, "round_trips_per_s >= 1.0", ECHO_PER_REQUEST, role="reported"),
         Target("server-counted handshakes of the pool = 16", ECHO_POOL, "server_handshakes == 16"),
     ],
-)
+)  # fmt: skip
 async def scenario_echo(ctx: Context) -> None:
     """Pooled echo through httpx-ws
 
@@ -773,18 +739,13 @@ CONNECTOR_QUEUE = "queue of 16 websockets connections"
 
 
 @scenario(
-    "3",
-    CONNECTOR_QUEUE,
+    "3", CONNECTOR_QUEUE,
     [Metric("round_trips_per_s", RATE, "higher", 0)],
     [
-        Target(
-            f"connect=websockets ≥ 0.95{X} queue of websockets connections",
-            CONNECTOR_POOL,
-            "round_trips_per_s >= 0.95",
-            CONNECTOR_QUEUE,
-        )
+        Target(f"connect=websockets ≥ 0.95{X} queue of websockets connections",
+               CONNECTOR_POOL, "round_trips_per_s >= 0.95", CONNECTOR_QUEUE),
     ],
-)
+)  # fmt: skip
 async def scenario_connector(ctx: Context) -> None:
     """Pooled echo through the generic connector (websockets client)
 
@@ -872,8 +833,7 @@ def contention_segment(
 
 
 @scenario(
-    "4",
-    FAIRNESS_QUEUE,
+    "4", FAIRNESS_QUEUE,
     [
         Metric("total_s", "total seconds", "lower", 3),
         Metric("wait_p50_ms", "wait p50, ms", "lower", 1),
@@ -883,21 +843,13 @@ def contention_segment(
         Metric("out_of_fifo_order", "out of FIFO order", "lower", 0, False),
     ],
     [
-        Target(
-            f"total time ≤ 1.05{X} the queue of the same stack",
-            FAIRNESS_POOL,
-            "total_s <= 1.05",
-            FAIRNESS_QUEUE,
-        ),
+        Target(f"total time ≤ 1.05{X} the queue of the same stack",
+               FAIRNESS_POOL, "total_s <= 1.05", FAIRNESS_QUEUE),
         Target("zero failures", FAIRNESS_POOL, "failures == 0"),
-        Target(
-            "FIFO order kept (asyncio)",
-            FAIRNESS_POOL,
-            "out_of_fifo_order == 0",
-            backends=("asyncio", "uvloop"),
-        ),
+        Target("FIFO order kept (asyncio)",
+               FAIRNESS_POOL, "out_of_fifo_order == 0", backends=("asyncio", "uvloop")),
     ],
-)
+)  # fmt: skip
 async def scenario_fairness(ctx: Context) -> None:
     """Fairness under contention
 
@@ -1058,8 +1010,7 @@ async def _floor_wait_cost(waiting: int, ops: int) -> float:
 
 
 @scenario(
-    "5",
-    SCALE_FLOOR,
+    "5", SCALE_FLOOR,
     [
         Metric("idle_small_us", "idle {idle_small}: µs per cycle", "lower", 2),
         Metric("idle_medium_us", "idle {idle_medium}: µs per cycle", "lower", 2),
@@ -1070,32 +1021,16 @@ async def _floor_wait_cost(waiting: int, ops: int) -> float:
         Metric("waiting_growth", "growth, waiting {waiting_small} → {waiting_large}", "lower", 2),
     ],
     [
-        Target(
-            f"idle {{idle_small}} → {{idle_large}}: cost growth ≤ 1.2{X}",
-            SCALE_POOL,
-            "idle_growth <= 1.2",
-        ),
-        Target(
-            f"waiting {{waiting_small}} → {{waiting_large}}: cost growth ≤ 1.2{X}",
-            SCALE_POOL,
-            "waiting_growth <= 1.2",
-        ),
-        Target(
-            "diagnostic: waiting growth against the floor's own growth",
-            SCALE_POOL,
-            "waiting_growth <= 1.0",
-            SCALE_FLOOR,
-            role="reported",
-        ),
-        Target(
-            "diagnostic: hand-off to a waiter against the floor's (waiting {waiting_small})",
-            SCALE_POOL,
-            "waiting_small_us <= 1.0",
-            SCALE_FLOOR,
-            role="reported",
-        ),
+        Target(f"idle {{idle_small}} → {{idle_large}}: cost growth ≤ 1.2{X}",
+               SCALE_POOL, "idle_growth <= 1.2"),
+        Target(f"waiting {{waiting_small}} → {{waiting_large}}: cost growth ≤ 1.2{X}",
+               SCALE_POOL, "waiting_growth <= 1.2"),
+        Target("diagnostic: waiting growth against the floor's own growth",
+               SCALE_POOL, "waiting_growth <= 1.0", SCALE_FLOOR, role="reported"),
+        Target("diagnostic: hand-off to a waiter against the floor's (waiting {waiting_small})",
+               SCALE_POOL, "waiting_small_us <= 1.0", SCALE_FLOOR, role="reported"),
     ],
-)
+)  # fmt: skip
 async def scenario_scale(ctx: Context) -> None:
     """Scale: cost per acquire + release against pool size and queue length
 
@@ -1150,18 +1085,13 @@ async def _traced_bytes_per_item(
 
 
 @scenario(
-    "6",
-    MEMORY_BARE,
+    "6", MEMORY_BARE,
     [Metric("bytes_per_connection", "bytes per connection", "lower", 0)],
     [
-        Target(
-            "pool's own bytes per idle connection (pooled - bare)",
-            MEMORY_OVERHEAD,
-            "bytes_per_connection >= 0",
-            role="reported",
-        )
+        Target("pool's own bytes per idle connection (pooled - bare)",
+               MEMORY_OVERHEAD, "bytes_per_connection >= 0", role="reported"),
     ],
-)
+)  # fmt: skip
 async def scenario_memory(ctx: Context) -> None:
     """Memory per idle connection
 
@@ -1215,13 +1145,12 @@ THROUGHPUT_TASKS = (1, 4, 16, 64)
 
 
 @scenario(
-    "—",
-    THROUGHPUT_PER_REQUEST,
+    "—", THROUGHPUT_PER_REQUEST,
     [
         Metric(f"tasks_{n}_round_trips_per_s", f"{n} tasks, {RATE}", "higher", 0)
         for n in THROUGHPUT_TASKS
     ],
-)
+)  # fmt: skip
 async def scenario_throughput(ctx: Context) -> None:
     """Throughput against concurrency (the plot)
 
