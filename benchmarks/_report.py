@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-import _peers  # noqa: F401  (scenario 7 registers itself)
 import _scenarios as sc
 from _scenarios import SCENARIOS, Run, Scenario
 
