@@ -4,42 +4,33 @@ Every ratio here is taken within one repetition (two contenders measured in
 the same process, seconds apart) and then summarised over the repetitions:
 median, with the smallest and largest. A ratio is always *contender ÷
 baseline* of the same metric; whether above or below 1 is better depends on
-the metric (stated in each table's heading).
+the metric (stated in each table's heading). Each scenario's title and text
+come from its docstring, its metrics and targets from its ``@scenario``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import operator
+import statistics
+import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
-import _peers as peers
 import _scenarios as sc
-from _common import ASYNCIO_ONLY, BACKENDS, Measurement, median
+from _scenarios import SCENARIOS, Run, Scenario
 
-Better = Literal["lower", "higher", "none"]
-
-#: typography of the report (escaped: ruff flags look-alike characters in the source)
-X = "\u00d7"
-EN = "\u2013"
-Op = Literal["<=", ">=", "=="]
-Role = Literal["target", "aim", "reported"]
-
-
-class Run(TypedDict):
-    """One worker process: its figures, or the error that stopped it."""
-
-    scenario: str
-    backend: str
-    rep: int
-    ok: bool
-    seconds: float
-    error: str | None
-    measurements: list[Measurement]
-    notes: dict[str, str]
+#: every scenario, in the order of the report
+SPECS: list[Scenario] = sorted(SCENARIOS.values(), key=lambda spec: spec.number)
+EN = "\u2013"  # the en dash of ranges (escaped: ruff flags look-alike characters)
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+}
 
 
 class Spread(TypedDict):
@@ -49,398 +40,47 @@ class Spread(TypedDict):
     n: int
 
 
-@dataclass(frozen=True, slots=True)
-class Metric:
-    key: str
-    label: str
-    better: Better
-    digits: int = 1
-    ratio: bool = True
-    #: the contender this metric's ratios are taken to, when not the scenario's baseline
-    baseline: str | None = None
+Key = tuple[str, str, str, str]  # scenario, metric, contender, backend
 
 
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    key: str
-    number: str
-    title: str
-    text: str
-    baseline: str | None
-    metrics: tuple[Metric, ...]
-
-    def baseline_of(self, metric: str) -> str | None:
-        """The contender that ``metric``'s ratios are taken to (None: no ratio)."""
-        for candidate in self.metrics:
-            if candidate.key == metric:
-                return (candidate.baseline or self.baseline) if candidate.ratio else None
+def spread(values: Iterable[float]) -> Spread | None:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
         return None
+    return Spread(median=statistics.median(finite), min=min(finite), max=max(finite), n=len(finite))
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One target of the issue: a ratio to a baseline, or a plain value."""
-
-    scenario: str
-    label: str
-    contender: str
-    metric: str
-    op: Op
-    threshold: float
-    baseline: str | None = None
-    backends: tuple[str, ...] = BACKENDS
-    #: "target": the issue's target; "aim": the issue's stated aim beyond it;
-    #: "reported": a figure the issue asks to show, or a diagnostic, with no target
-    role: Role = "target"
+def by_rep(runs: Iterable[Run]) -> dict[Key, dict[int, float]]:
+    """Every figure, keyed by what it measures, then by repetition."""
+    table: dict[Key, dict[int, float]] = defaultdict(dict)
+    for run in runs:
+        for m in run["measurements"] if run["ok"] else ():
+            key = (run["scenario"], m["metric"], m["contender"], run["backend"])
+            table[key][run["rep"]] = float(m["value"])
+    return table
 
 
-US = "µs per cycle"
-RATE = "round trips/s"
-
-SCENARIO_SPECS: tuple[Scenario, ...] = (
-    Scenario(
-        "overhead",
-        "1",
-        "Overhead: acquire + release of an idle connection",
-        "One task takes and gives back an idle connection N times (20,000 in a full "
-        "run), nothing sent. The floor is a bare `anyio.CapacityLimiter` acquire/release "
-        "around a deque pop/append; the unbounded deque is livekit-agents' technique "
-        "(no capacity bound), bare and behind an `@asynccontextmanager` like livekit's "
-        "`connection()`.",
-        sc.OVERHEAD_FLOOR,
-        (Metric("us_per_cycle", US, "lower", 2),),
-    ),
-    Scenario(
-        "echo",
-        "2",
-        "Pooled echo through httpx-ws",
-        "64 tasks share 16 connections; each task makes 500 round trips of 64 bytes, "
-        "one lease per round trip. Pool and queues are warmed (16 connections open) "
-        "before the clock starts. Baselines: (b) 16 persistent httpx-ws sessions handed "
-        "out by a FIFO queue (anyio memory object stream), the ceiling for httpx-ws; "
-        "(a) `aconnect_ws` per request (fewer requests, same rate). The diagnostic row "
-        "'queue of 16 hardened sessions' uses the pool's own session class without the "
-        "pool: it separates the cost of lending from the cost of the session. "
-        "`server_handshakes` is counted by the echo server.",
-        sc.ECHO_QUEUE,
-        (
-            Metric("round_trips_per_s", RATE, "higher", 0),
-            Metric("server_handshakes", "handshakes seen by the server", "none", 0, False),
-        ),
-    ),
-    Scenario(
-        "connector",
-        "3",
-        "Pooled echo through the generic connector (websockets client)",
-        "The workload of scenario 2 with `open_pool(connect=...)` around the "
-        "`websockets` library's client (its asyncio client on asyncio and uvloop, its "
-        "trio client on trio), against the same FIFO queue of 16 `websockets` "
-        "connections.",
-        sc.CONNECTOR_QUEUE,
-        (Metric("round_trips_per_s", RATE, "higher", 0),),
-    ),
-    Scenario(
-        "fairness",
-        "4",
-        "Fairness under contention",
-        "2,000 tasks, 10 connections (warmed), one round trip each; each timed segment "
-        "is one such burst, so *total seconds* is per burst, waits are pooled over all "
-        "timed bursts, and failures and 'out of FIFO order' are counted over all of "
-        f"them (5 {X} 2,000 borrowers in a full run). 'Out of FIFO order' counts borrowers "
-        "that got a connection at another position than the one they arrived at "
-        "(trio's scheduler reorders tasks woken together, so only asyncio is held to "
-        "zero).",
-        sc.FAIRNESS_QUEUE,
-        (
-            Metric("total_s", "total seconds", "lower", 3),
-            Metric("wait_p50_ms", "wait p50, ms", "lower", 1),
-            Metric("wait_p99_ms", "wait p99, ms", "lower", 1),
-            Metric("wait_max_ms", "wait max, ms", "lower", 1),
-            Metric("failures", "failures", "lower", 0, False),
-            Metric("out_of_fifo_order", "out of FIFO order", "lower", 0, False),
-        ),
-    ),
-    Scenario(
-        "scale",
-        "5",
-        "Scale: cost per acquire + release against pool size and queue length",
-        "The generic connector with a fake resource. *idle N*: one task takes and "
-        "gives back a connection while N are idle. *waiting N*: N borrowers queue for "
-        "a single connection and take it in turn (one scheduling point inside each "
-        "lease, so every lease is a hand-off to a waiter); the clock starts with all N "
-        "queued. *growth* is the cost at the largest size ÷ the cost at the smallest "
-        "(target ≤ 1.2: nothing on the hot path loops over connections or waiters); its "
-        "ratio to the floor's growth separates what the pool adds from what 10,000 live "
-        "tasks cost the runtime itself (cache misses, garbage collection), which the "
-        "floor, an `anyio.CapacityLimiter` with its O(1) queue, pays as well.",
-        sc.SCALE_FLOOR,
-        (
-            Metric("idle_small_us", "idle {idle_small}: µs per cycle", "lower", 2),
-            Metric("idle_medium_us", "idle {idle_medium}: µs per cycle", "lower", 2),
-            Metric("idle_large_us", "idle {idle_large}: µs per cycle", "lower", 2),
-            Metric("waiting_small_us", "waiting {waiting_small}: µs per lease", "lower", 2),
-            Metric("waiting_large_us", "waiting {waiting_large}: µs per lease", "lower", 2),
-            Metric("idle_growth", "growth, idle {idle_small} → {idle_large}", "lower", 2),
-            Metric(
-                "waiting_growth", "growth, waiting {waiting_small} → {waiting_large}", "lower", 2
-            ),
-        ),
-    ),
-    Scenario(
-        "memory",
-        "6",
-        "Memory per idle connection",
-        "Bytes traced by `tracemalloc` per connection while N connections (64 in a "
-        "full run) are open: bare httpx-ws sessions, idle pooled ones (the pool's "
-        "hardened session, its host task, its bookkeeping), and idle pooled fake "
-        "resources (the pool's own cost per connection, nothing else). Python "
-        "allocations only: kernel socket buffers are not counted.",
-        sc.MEMORY_BARE,
-        (Metric("bytes_per_connection", "bytes per connection", "lower", 0),),
-    ),
-    Scenario(
-        "peers",
-        "7",
-        "Peers from the package index (asyncio only, websockets 15, own venv)",
-        "`aio-websocket-pool` and `async-websocket-pool` pin `websockets<16`: they run "
-        "in a virtual environment of their own with websockets 15, and every contender "
-        "of this scenario uses that same client. `aio-websocket-pool` fails at once "
-        "when all its connections are busy (`ConnectionPoolExhaustedError`): with 64 "
-        "tasks its failed acquisitions are counted and its rate counts successful "
-        "round trips only. `async-websocket-pool` is not a lending pool (reconnecting "
-        "listeners with callbacks, no acquire/release): it is measured on the only "
-        "shape it supports, one conversation per connection (16 tasks).",
-        peers.QUEUE,
-        (
-            Metric("overhead_us_per_cycle", "overhead, " + US, "lower", 2, baseline=peers.FLOOR),
-            Metric(
-                "tasks_16_round_trips_per_s", "16 tasks on 16 connections, " + RATE, "higher", 0
-            ),
-            Metric(
-                "tasks_64_round_trips_per_s", "64 tasks on 16 connections, " + RATE, "higher", 0
-            ),
-            Metric("tasks_64_failed_acquires", "64 tasks: failed acquisitions", "lower", 0, False),
-        ),
-    ),
-    Scenario(
-        "throughput",
-        "—",
-        "Throughput against concurrency (the plot)",
-        "Round trips/s with 1, 4, 16 and 64 tasks: the pool (16 connections, httpx-ws) "
-        "against a new `aconnect_ws` connection per request. Plotted in "
-        "[throughput.png](throughput.png).",
-        sc.THROUGHPUT_PER_REQUEST,
-        tuple(
-            Metric(f"tasks_{n}_round_trips_per_s", f"{n} tasks, {RATE}", "higher", 0)
-            for n in (1, 4, 16, 64)
-        ),
-    ),
-)
-
-TARGETS: tuple[Target, ...] = (
-    # 1. overhead
-    Target(
-        "overhead",
-        f"pool.connection() (httpx-ws) ≤ 1.0{X} the floor",
-        sc.OVERHEAD_POOL,
-        "us_per_cycle",
-        "<=",
-        1.0,
-        sc.OVERHEAD_FLOOR,
-    ),
-    Target(
-        "overhead",
-        f"acquire()/release() (httpx-ws) ≤ 1.0{X} the floor",
-        sc.OVERHEAD_POOL_ACQUIRE,
-        "us_per_cycle",
-        "<=",
-        1.0,
-        sc.OVERHEAD_FLOOR,
-    ),
-    Target(
-        "overhead",
-        "aim: pool.connection() as cheap as the unbounded deque behind a context manager",
-        sc.OVERHEAD_POOL,
-        "us_per_cycle",
-        "<=",
-        1.0,
-        sc.OVERHEAD_UNBOUNDED_CM,
-        role="aim",
-    ),
-    Target(
-        "overhead",
-        "pool.connection() against the bare unbounded deque get/put",
-        sc.OVERHEAD_POOL,
-        "us_per_cycle",
-        "<=",
-        1.0,
-        sc.OVERHEAD_UNBOUNDED,
-        role="reported",
-    ),
-    # 2. pooled echo
-    Target(
-        "echo",
-        f"pooled echo ≥ 0.95{X} queue of 16 httpx-ws sessions (b)",
-        sc.ECHO_POOL,
-        "round_trips_per_s",
-        ">=",
-        0.95,
-        sc.ECHO_QUEUE,
-    ),
-    Target(
-        "echo",
-        "lending alone: pool against a queue of the same hardened sessions",
-        sc.ECHO_POOL,
-        "round_trips_per_s",
-        ">=",
-        0.95,
-        sc.ECHO_HARDENED,
-        role="reported",
-    ),
-    Target(
-        "echo",
-        "multiple over aconnect_ws per request (a)",
-        sc.ECHO_POOL,
-        "round_trips_per_s",
-        ">=",
-        1.0,
-        sc.ECHO_PER_REQUEST,
-        role="reported",
-    ),
-    Target(
-        "echo",
-        "server-counted handshakes of the pool = 16",
-        sc.ECHO_POOL,
-        "server_handshakes",
-        "==",
-        16,
-    ),
-    # 3. generic connector
-    Target(
-        "connector",
-        f"connect=websockets ≥ 0.95{X} queue of websockets connections",
-        sc.CONNECTOR_POOL,
-        "round_trips_per_s",
-        ">=",
-        0.95,
-        sc.CONNECTOR_QUEUE,
-    ),
-    # 4. fairness
-    Target(
-        "fairness",
-        f"total time ≤ 1.05{X} the queue of the same stack",
-        sc.FAIRNESS_POOL,
-        "total_s",
-        "<=",
-        1.05,
-        sc.FAIRNESS_QUEUE,
-    ),
-    Target("fairness", "zero failures", sc.FAIRNESS_POOL, "failures", "==", 0),
-    Target(
-        "fairness",
-        "FIFO order kept (asyncio)",
-        sc.FAIRNESS_POOL,
-        "out_of_fifo_order",
-        "==",
-        0,
-        backends=("asyncio", "uvloop"),
-    ),
-    # 5. scale
-    Target(
-        "scale",
-        f"idle {{idle_small}} → {{idle_large}}: cost growth ≤ 1.2{X}",
-        sc.SCALE_POOL,
-        "idle_growth",
-        "<=",
-        1.2,
-    ),
-    Target(
-        "scale",
-        f"waiting {{waiting_small}} → {{waiting_large}}: cost growth ≤ 1.2{X}",
-        sc.SCALE_POOL,
-        "waiting_growth",
-        "<=",
-        1.2,
-    ),
-    Target(
-        "scale",
-        "diagnostic: waiting growth against the floor's own growth",
-        sc.SCALE_POOL,
-        "waiting_growth",
-        "<=",
-        1.0,
-        sc.SCALE_FLOOR,
-        role="reported",
-    ),
-    Target(
-        "scale",
-        "diagnostic: hand-off to a waiter against the floor's (waiting {waiting_small})",
-        sc.SCALE_POOL,
-        "waiting_small_us",
-        "<=",
-        1.0,
-        sc.SCALE_FLOOR,
-        role="reported",
-    ),
-    # 6. memory
-    Target(
-        "memory",
-        "pool's own bytes per idle connection (pooled - bare)",
-        sc.MEMORY_OVERHEAD,
-        "bytes_per_connection",
-        ">=",
-        0,
-        role="reported",
-    ),
-    # 7. peers
-    Target(
-        "peers",
-        "peers, 64 tasks: anyio_wspool against the queue (websockets 15)",
-        peers.ANYIO_WSPOOL,
-        "tasks_64_round_trips_per_s",
-        ">=",
-        0.95,
-        peers.QUEUE,
-        backends=("asyncio",),
-        role="reported",
-    ),
-    Target(
-        "peers",
-        "peers, 64 tasks: aio-websocket-pool against the queue",
-        peers.AIO_POOL,
-        "tasks_64_round_trips_per_s",
-        ">=",
-        0.95,
-        peers.QUEUE,
-        backends=("asyncio",),
-        role="reported",
-    ),
-    Target(
-        "peers",
-        "peers, 16 tasks: async-websocket-pool against the queue",
-        peers.ASYNC_POOL,
-        "tasks_16_round_trips_per_s",
-        ">=",
-        0.95,
-        peers.QUEUE,
-        backends=("asyncio",),
-        role="reported",
-    ),
-    Target(
-        "peers",
-        "peers, overhead: anyio_wspool against aio-websocket-pool",
-        peers.ANYIO_WSPOOL,
-        "overhead_us_per_cycle",
-        "<=",
-        1.0,
-        peers.AIO_POOL,
-        backends=("asyncio",),
-        role="reported",
-    ),
-)
+def ratio_spread(table: dict[Key, dict[int, float]], key: Key, baseline: str) -> Spread | None:
+    scenario, metric, _, backend = key
+    mine = table.get(key, {})
+    base = table.get((scenario, metric, baseline, backend), {})
+    return spread(mine[rep] / base[rep] for rep in mine if base.get(rep))
 
 
-# -- summarising --------------------------------------------------------------------------------
+def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One entry per scenario, metric, contender and backend, with its ratio to the baseline."""
+    table = by_rep(runs)
+    rows: list[dict[str, Any]] = []
+    for key, reps in sorted(table.items()):
+        spec = SCENARIOS.get(key[0])
+        baseline = spec.baseline_of(key[1]) if spec is not None else None
+        ratio = ratio_spread(table, key, baseline) if baseline is not None else None
+        rows.append(
+            dict(zip(("scenario", "metric", "contender", "backend"), key, strict=True))
+            | dict(spread(reps.values()) or {})
+            | {"ratio": ratio, "ratio_to": baseline}
+        )
+    return rows
 
 
 def size_words(sizes: dict[str, Any]) -> dict[str, str]:
@@ -452,102 +92,42 @@ def size_words(sizes: dict[str, Any]) -> dict[str, str]:
     return words
 
 
-def spread(values: Sequence[float]) -> Spread | None:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return None
-    return Spread(median=median(finite), min=min(finite), max=max(finite), n=len(finite))
-
-
-Key = tuple[str, str, str, str]  # scenario, metric, contender, backend
-
-
-def by_rep(runs: Iterable[Run]) -> dict[Key, dict[int, float]]:
-    """Every figure, keyed by what it measures, then by repetition."""
-    table: dict[Key, dict[int, float]] = defaultdict(dict)
-    for run in runs:
-        if not run["ok"]:
-            continue
-        for m in run["measurements"]:
-            key = (run["scenario"], m["metric"], m["contender"], run["backend"])
-            table[key][run["rep"]] = float(m["value"])
-    return table
-
-
-def ratio_spread(table: dict[Key, dict[int, float]], key: Key, baseline: str) -> Spread | None:
-    scenario, metric, _, backend = key
-    mine = table.get(key, {})
-    base = table.get((scenario, metric, baseline, backend), {})
-    ratios = [mine[rep] / base[rep] for rep in mine if rep in base and base[rep] != 0]
-    return spread(ratios)
-
-
-def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One entry per scenario, metric, contender and backend, with its ratio to the baseline."""
-    table = by_rep(runs)
-    specs = {spec.key: spec for spec in SCENARIO_SPECS}
-    rows: list[dict[str, Any]] = []
-    for key, reps in sorted(table.items()):
-        scenario, metric, contender, backend = key
-        spec = specs.get(scenario)
-        baseline = spec.baseline_of(metric) if spec is not None else None
-        ratio = ratio_spread(table, key, baseline) if baseline is not None else None
-        rows.append(
-            {
-                "scenario": scenario,
-                "metric": metric,
-                "contender": contender,
-                "backend": backend,
-                **(spread(list(reps.values())) or {}),
-                "ratio": ratio,
-                "ratio_to": baseline,
-            }
-        )
-    return rows
-
-
 def evaluate_targets(
     runs: Sequence[Run], backends: Sequence[str], sizes: dict[str, Any]
 ) -> list[dict[str, Any]]:
     table = by_rep(runs)
     words = size_words(sizes)
     out: list[dict[str, Any]] = []
-    for target in TARGETS:
-        for backend in target.backends:
-            if backend not in backends:
-                continue
-            key = (target.scenario, target.metric, target.contender, backend)
-            measured = (
-                ratio_spread(table, key, target.baseline)
-                if target.baseline is not None
-                else spread(list(table.get(key, {}).values()))
-            )
-            met: bool | None = None
-            if measured is not None:
-                value = measured["median"]
-                met = (
-                    value <= target.threshold
-                    if target.op == "<="
-                    else value >= target.threshold
-                    if target.op == ">="
-                    else value == target.threshold
+    for spec in SPECS:
+        for target in spec.targets:
+            metric, op, threshold = target.check.split()
+            for backend in target.backends or spec.backends:
+                if backend not in backends:
+                    continue
+                key = (spec.key, metric, target.contender, backend)
+                measured = (
+                    ratio_spread(table, key, target.baseline)
+                    if target.baseline is not None
+                    else spread(table.get(key, {}).values())
                 )
-            out.append(
-                {
-                    "scenario": target.scenario,
-                    "target": target.label.format_map(words),
-                    "backend": backend,
-                    "kind": "ratio" if target.baseline is not None else "value",
-                    "contender": target.contender,
-                    "baseline": target.baseline,
-                    "metric": target.metric,
-                    "op": target.op,
-                    "threshold": target.threshold,
-                    "role": target.role,
-                    "measured": measured,
-                    "met": met,
-                }
-            )
+                out.append(
+                    {
+                        "scenario": spec.key,
+                        "target": target.label.format_map(words),
+                        "backend": backend,
+                        "kind": "ratio" if target.baseline is not None else "value",
+                        "contender": target.contender,
+                        "baseline": target.baseline,
+                        "metric": metric,
+                        "op": op,
+                        "threshold": float(threshold),
+                        "role": target.role,
+                        "measured": measured,
+                        "met": None
+                        if measured is None
+                        else OPS[op](measured["median"], float(threshold)),
+                    }
+                )
     return out
 
 
@@ -555,68 +135,52 @@ def evaluate_targets(
 
 
 def _number(value: float, digits: int) -> str:
-    if math.isnan(value):
-        return "—"
-    if digits == 0:
-        return f"{value:,.0f}"
-    return f"{value:,.{digits}f}"
+    return "—" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
 def _cell(s: Spread | None, digits: int, suffix: str = "") -> str:
     if s is None:
         return "—"
-    if s["n"] == 1 or s["min"] == s["max"]:
-        return f"{_number(s['median'], digits)}{suffix}"
-    return (
-        f"{_number(s['median'], digits)}{suffix} "
-        f"({_number(s['min'], digits)}{EN}{_number(s['max'], digits)})"
-    )
-
-
-def _ratio_digits(s: Spread) -> int:
-    return 2 if s["median"] < 10 else 1 if s["median"] < 100 else 0
+    text = f"{_number(s['median'], digits)}{suffix}"
+    if s["min"] == s["max"]:
+        return text
+    return f"{text} ({_number(s['min'], digits)}{EN}{_number(s['max'], digits)})"
 
 
 def _ratio_cell(s: Spread | None) -> str:
     if s is None:
         return "—"
-    return _cell(s, _ratio_digits(s), X)
+    return _cell(s, 2 if s["median"] < 10 else 1 if s["median"] < 100 else 0, sc.X)
 
 
 def _verdict(entry: dict[str, Any]) -> str:
     if entry["measured"] is None:
         return "not measured"
-    if entry["role"] == "reported":
-        return ""
-    if entry["role"] == "aim":
-        return "(aim met)" if entry["met"] else "(aim not met)"
-    return "✅ met" if entry["met"] else "❌ missed"
+    return {
+        "reported": "",
+        "aim": "(aim met)" if entry["met"] else "(aim not met)",
+        "target": "✅ met" if entry["met"] else "❌ missed",
+    }[entry["role"]]
 
 
 def _headline(targets: Sequence[dict[str, Any]], backends: Sequence[str]) -> list[str]:
-    lines = [
-        "| # | target | " + " | ".join(backends) + " |",
-        "|---|---|" + "---|" * len(backends),
-    ]
-    number = {spec.key: spec.number for spec in SCENARIO_SPECS}
-    seen: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    lines = [f"| # | target | {' | '.join(backends)} |", "|---|---|" + "---|" * len(backends)]
+    rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for entry in targets:
-        seen.setdefault((entry["scenario"], entry["target"]), {})[entry["backend"]] = entry
-    for (scenario, label), per_backend in seen.items():
+        rows.setdefault((entry["scenario"], entry["target"]), {})[entry["backend"]] = entry
+    for (scenario, label), per_backend in rows.items():
         cells = []
         for backend in backends:
             found = per_backend.get(backend)
             if found is None:
                 cells.append("n/a")
                 continue
-            measured = found["measured"]
             if found["kind"] == "ratio":
-                text = _ratio_cell(measured)
+                text = _ratio_cell(found["measured"])
             else:
-                digits = 2 if found["metric"].endswith("growth") else 0
-                text = _cell(measured, digits)
+                text = _cell(found["measured"], 2 if found["metric"].endswith("growth") else 0)
             cells.append(f"{text} {_verdict(found)}".rstrip())
-        lines.append(f"| {number.get(scenario, '')} | {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {SCENARIOS[scenario].number} | {label} | {' | '.join(cells)} |")
     return lines
 
 
@@ -627,73 +191,57 @@ def _scenario_section(
     backends: Sequence[str],
     words: dict[str, str],
 ) -> list[str]:
-    shown = [b for b in backends if spec.key not in ASYNCIO_ONLY or b == "asyncio"]
+    shown = [backend for backend in backends if backend in spec.backends]
     lines = [f"## {spec.number}. {spec.title}", "", spec.text, ""]
-    failed = [r for r in runs if r["scenario"] == spec.key and not r["ok"]]
+    failed = [run for run in runs if run["scenario"] == spec.key and not run["ok"]]
     for run in failed:
         error = (run["error"] or "").strip().splitlines()
         lines.append(
             f"> **Not measured** on {run['backend']}, repetition {run['rep']}: "
             f"{error[-1] if error else 'no output'}"
         )
-    if failed:
-        lines.append("")
-    rows = [r for r in summary if r["scenario"] == spec.key]
+    lines += [""] if failed else []
+    rows = [row for row in summary if row["scenario"] == spec.key]
     if not rows:
-        lines += ["No figures (the scenario did not run).", ""]
-        return lines
-    contenders = list(dict.fromkeys(r["contender"] for r in rows))
+        return [*lines, "No figures (the scenario did not run).", ""]
+    contenders = list(dict.fromkeys(row["contender"] for row in rows))
     for metric in spec.metrics:
-        metric_rows = {(r["contender"], r["backend"]): r for r in rows if r["metric"] == metric.key}
-        if not metric_rows:
+        by_cell = {(r["contender"], r["backend"]): r for r in rows if r["metric"] == metric.key}
+        if not by_cell:
             continue
         baseline = spec.baseline_of(metric.key)
-        with_ratio = baseline is not None
-        better = {"lower": "lower is better", "higher": "higher is better", "none": ""}[
-            metric.better
-        ]
-        label = metric.label.format_map(words)
-        heading = f"**{label}**" + (f" ({better})" if better else "")
-        if with_ratio:
+        better = {"lower": " (lower is better)", "higher": " (higher is better)", "none": ""}
+        heading = f"**{metric.label.format_map(words)}**{better[metric.better]}"
+        if baseline is not None:
             heading += f"; ratio = contender ÷ *{baseline}*"
-        lines += [heading, ""]
-        header = "| contender |"
-        rule = "|---|"
-        for backend in shown:
-            header += f" {backend} |" + (" ratio |" if with_ratio else "")
-            rule += "---|" + ("---|" if with_ratio else "")
-        lines += [header, rule]
+        columns = [f" {b} |" + (" ratio |" if baseline else "") for b in shown]
+        rule = "|---|" + ("---|---|" if baseline else "---|") * len(shown)
+        lines += [heading, "", "| contender |" + "".join(columns), rule]
         for contender in contenders:
-            if not any((contender, b) in metric_rows for b in shown):
+            if not any((contender, b) in by_cell for b in shown):
                 continue
-            name = contender + (" *(baseline)*" if contender == baseline else "")
             cells = []
             for backend in shown:
-                row = metric_rows.get((contender, backend))
-                value: Spread | None = None
-                if row is not None and "median" in row:
+                row = by_cell.get((contender, backend), {})
+                value = None
+                if "n" in row:
                     value = Spread(median=row["median"], min=row["min"], max=row["max"], n=row["n"])
                 cells.append(_cell(value, metric.digits))
-                if with_ratio:
-                    cells.append(_ratio_cell(row["ratio"] if row is not None else None))
+                if baseline is not None:
+                    cells.append(_ratio_cell(row.get("ratio")))
+            name = contender + (" *(baseline)*" if contender == baseline else "")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    notes = _scenario_notes(spec.key, runs)
-    if notes:
-        lines += ["Notes: " + "; ".join(notes) + ".", ""]
-    return lines
-
-
-def _scenario_notes(scenario: str, runs: Sequence[Run]) -> list[str]:
-    found: dict[str, set[str]] = defaultdict(set)
+    notes: dict[str, set[str]] = defaultdict(set)
     for run in runs:
-        if run["scenario"] != scenario or not run["ok"]:
-            continue
-        for key, value in run["notes"].items():
-            if key in {"python", "pinned"}:
-                continue
-            found[key].add(f"{run['backend']}: {value}" if key in {"loop", "client"} else value)
-    return [f"{key}: {', '.join(sorted(values))}" for key, values in sorted(found.items())]
+        if run["scenario"] == spec.key and run["ok"]:
+            for key, note in run["notes"].items():
+                per_backend = key in {"loop", "client"}
+                notes[key].add(f"{run['backend']}: {note}" if per_backend else note)
+    if notes:
+        text = "; ".join(f"{key}: {', '.join(sorted(v))}" for key, v in sorted(notes.items()))
+        lines += [f"Notes: {text}.", ""]
+    return lines
 
 
 def render_markdown(
@@ -701,8 +249,6 @@ def render_markdown(
     runs: Sequence[Run],
     summary: Sequence[dict[str, Any]],
     targets: Sequence[dict[str, Any]],
-    backends: Sequence[str],
-    scenarios: Sequence[str],
 ) -> str:
     lines = [
         "# anyio_wspool benchmarks",
@@ -726,21 +272,23 @@ def render_markdown(
             "",
         ]
     lines += ["## Machine", "", "| | |", "|---|---|"]
-    for key, value in meta["machine"].items():
-        lines.append(f"| {key} | {value} |")
-    lines += ["", "## Headline: the issue's targets", ""]
+    lines += [f"| {key} | {value} |" for key, value in meta["machine"].items()]
     lines += [
+        "",
+        "## Headline: the issue's targets",
+        "",
         f"Ratios are contender ÷ baseline (median over repetitions, min{EN}max). "
         "A verdict is taken on the median. Rows without one are figures the issue asks "
         "to show, or diagnostics; '(aim …)' rows are the issue's stated aim beyond its "
         "target.",
         "",
+        *_headline(targets, meta["backends"]),
+        "",
     ]
-    lines += _headline(targets, backends)
-    lines.append("")
-    for spec in SCENARIO_SPECS:
-        if spec.key in scenarios:
-            lines += _scenario_section(spec, summary, runs, backends, size_words(meta["sizes"]))
+    words = size_words(meta["sizes"])
+    for spec in SPECS:
+        if spec.key in meta["scenarios"]:
+            lines += _scenario_section(spec, summary, runs, meta["backends"], words)
     lines += [
         "## How the figures are taken",
         "",
@@ -771,28 +319,25 @@ def plot_throughput(summary: Sequence[dict[str, Any]], backends: Sequence[str], 
     import matplotlib.pyplot as plt
 
     colours = {"asyncio": "tab:blue", "uvloop": "tab:green", "trio": "tab:purple"}
-    styles = {sc.THROUGHPUT_POOL: "-", sc.THROUGHPUT_PER_REQUEST: "--"}
+    styles = {sc.THROUGHPUT_POOL: ("-", "pool"), sc.THROUGHPUT_PER_REQUEST: ("--", "per request")}
     figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
-    for contender, style in styles.items():
+    for contender, (style, short) in styles.items():
         for backend in backends:
-            points = []
-            for row in rows:
-                if row["contender"] != contender or row["backend"] != backend:
-                    continue
-                tasks = int(row["metric"].split("_")[1])
-                points.append((tasks, row["median"], row["min"], row["max"]))
+            points = sorted(
+                (int(r["metric"].split("_")[1]), r["median"], r["min"], r["max"])
+                for r in rows
+                if r["contender"] == contender and r["backend"] == backend
+            )
             if not points:
                 continue
-            points.sort()
-            xs = [p[0] for p in points]
-            ys = [p[1] for p in points]
-            low = [p[1] - p[2] for p in points]
-            high = [p[3] - p[1] for p in points]
-            short = "pool" if contender == sc.THROUGHPUT_POOL else "per request"
+            xs, ys, lows, highs = zip(*points, strict=True)
             axes.errorbar(
                 xs,
                 ys,
-                yerr=[low, high],
+                yerr=[
+                    [y - low for y, low in zip(ys, lows, strict=True)],
+                    [high - y for y, high in zip(ys, highs, strict=True)],
+                ],
                 linestyle=style,
                 marker="o",
                 capsize=3,
@@ -816,3 +361,16 @@ def plot_throughput(summary: Sequence[dict[str, Any]], backends: Sequence[str], 
     figure.savefig(path)
     plt.close(figure)
     return True
+
+
+def write_results(out: Path, meta: dict[str, Any], runs: list[Run]) -> None:
+    """Summarise ``runs`` and write results.json, RESULTS.md and throughput.png to ``out``."""
+    summary = summarize(runs)
+    targets = evaluate_targets(runs, meta["backends"], meta["sizes"])
+    results = {"meta": meta, "runs": runs, "summary": summary, "targets": targets}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "RESULTS.md").write_text(render_markdown(meta, runs, summary, targets) + "\n")
+    written = [out / "results.json", out / "RESULTS.md"]
+    if plot_throughput(summary, meta["backends"], out / "throughput.png"):
+        written.append(out / "throughput.png")
+    print("wrote " + ", ".join(map(str, written)), file=sys.stderr)

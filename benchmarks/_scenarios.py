@@ -1,12 +1,13 @@
 """The scenarios of issue 6, each measured against its baselines in the same process.
 
-A worker process (``_worker.py``) runs one scenario on one backend for one
-repetition. Every contender of the scenario is set up in that process, then
+A worker process (``run.py --worker``) runs scenarios on one backend for one
+repetition. Every contender of a scenario is set up in that process, then
 their timed segments run in alternation (see :func:`interleave`), so that a
 ratio between two contenders is taken from figures sampled over the same
-stretch of time on the same loop. Each function here records its figures in
-``ctx.rec`` and never judges them: targets are checked by the report, never
-asserted.
+stretch of time on the same loop. A scenario records its figures with
+``ctx.add`` and never judges them: its targets, declared with
+:func:`scenario`, are checked by the report, never asserted. Its docstring is
+its section of ``RESULTS.md``: the first line the title, the rest the text.
 
 The baselines are small hand-written equivalents of a technique, named for
 what they are (no other project's code is copied):
@@ -23,52 +24,234 @@ what they are (no other project's code is copied):
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import importlib
+import importlib.metadata
+import inspect
+import math
 import time
 import tracemalloc
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from functools import partial
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 import anyio
 import anyio.lowlevel
 import httpx
-from _common import PAYLOAD, Backend, Recorder, Sizes, percentile, rotate
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 
 from anyio_wspool import WebSocketPool, open_pool
 
 T = TypeVar("T")
-
+ACM = AbstractAsyncContextManager
+BACKENDS = ("asyncio", "uvloop", "trio")
+#: the payload of every round trip
+PAYLOAD = b"x" * 64
 #: the longest any single contender may run, so that a deadlock ends the worker
 CONTENDER_TIME_LIMIT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
-class Context:
-    """What a scenario needs: where the server is, how much work, where to record."""
+class Sizes:
+    """How much work each scenario does: the issue's figures, or smaller ones for --quick."""
 
-    backend: Backend
+    overhead_cycles: int = 20_000
+    echo_tasks: int = 64
+    echo_connections: int = 16
+    echo_round_trips: int = 500
+    #: connecting per request is ~20x slower: fewer requests give the same precision
+    echo_per_request_round_trips: int = 25
+    #: the websockets client is ~3x faster than httpx-ws: same work, same precision
+    connector_round_trips: int = 500
+    fairness_tasks: int = 2_000
+    fairness_connections: int = 10
+    #: small, medium, large
+    scale_idle: tuple[int, int, int] = (10, 1_000, 10_000)
+    #: small, large
+    scale_waiting: tuple[int, int] = (10, 10_000)
+    scale_cycles: int = 20_000
+    scale_wait_ops: int = 30_000
+    memory_connections: int = 64
+    peers_overhead_cycles: int = 5_000
+    peers_round_trips: int = 500
+    throughput_concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    throughput_pool_round_trips: int = 6_400
+    throughput_per_request_round_trips: int = 640
+    throughput_max_connections: int = 16
+    #: each contender's timed work is split into this many segments, run in
+    #: alternation with the other contenders' (see interleave)
+    segments: int = 5
+    repetitions: int = 5
+    worker_timeout: float = 600.0
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    overhead_cycles=6_000,
+    echo_round_trips=45,
+    echo_per_request_round_trips=3,
+    connector_round_trips=120,
+    fairness_tasks=400,
+    scale_idle=(10, 1_000, 5_000),
+    scale_waiting=(10, 5_000),
+    scale_cycles=3_000,
+    scale_wait_ops=10_000,
+    memory_connections=16,
+    peers_overhead_cycles=600,
+    peers_round_trips=60,
+    throughput_pool_round_trips=640,
+    throughput_per_request_round_trips=96,
+    segments=3,
+    repetitions=3,
+    worker_timeout=90.0,
+)
+
+
+class Measurement(TypedDict):
+    """One figure: what ``contender`` scored on ``metric`` in one repetition."""
+
+    contender: str
+    metric: str
+    value: float
+
+
+class Run(TypedDict):
+    """One scenario in one worker process: its figures, or the error that stopped it."""
+
+    scenario: str
+    backend: str
+    rep: int
+    ok: bool
+    seconds: float
+    error: str | None
+    measurements: list[Measurement]
+    notes: dict[str, str]
+
+
+@dataclass(slots=True)
+class Context:
+    """What a scenario needs (the server, how much work) and what it records."""
+
+    backend: str
     port: int
     rep: int
     sizes: Sizes
-    rec: Recorder
+    measurements: list[Measurement] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def uri(self) -> str:
         return f"ws://127.0.0.1:{self.port}/echo"
 
+    def add(self, contender: str, metric: str, value: float) -> None:
+        self.measurements.append(Measurement(contender=contender, metric=metric, value=value))
+
+
+# -- what the report needs to know of a scenario ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    key: str
+    #: may name the sizes of the run: ``{idle_small}``, ``{waiting_large}``, ...
+    label: str
+    better: Literal["lower", "higher", "none"]
+    digits: int = 1
+    ratio: bool = True
+    #: the contender this metric's ratios are taken to, when not the scenario's baseline
+    baseline: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One target of the issue: a ratio to ``baseline``, or (without one) a plain value."""
+
+    label: str
+    contender: str
+    #: "metric op threshold", with op one of <=, >=, ==
+    check: str
+    baseline: str | None = None
+    #: None: every backend the scenario runs on
+    backends: tuple[str, ...] | None = None
+    #: "target": the issue's target; "aim": the issue's stated aim beyond it;
+    #: "reported": a figure the issue asks to show, or a diagnostic, with no target
+    role: Literal["target", "aim", "reported"] = "target"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    key: str
+    number: str
+    run: Callable[[Context], Awaitable[None]]
+    baseline: str
+    metrics: tuple[Metric, ...]
+    targets: tuple[Target, ...]
+    backends: tuple[str, ...]
+
     @property
-    def count_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/count"
+    def title(self) -> str:
+        return (inspect.getdoc(self.run) or self.key).split("\n", 1)[0]
+
+    @property
+    def text(self) -> str:
+        """The docstring after its first line, each paragraph on one line."""
+        body = (inspect.getdoc(self.run) or "").partition("\n")[2].strip()
+        return "\n\n".join(" ".join(par.split()) for par in body.split("\n\n"))
+
+    def baseline_of(self, metric: str) -> str | None:
+        """The contender that ``metric``'s ratios are taken to (None: no ratio)."""
+        for candidate in self.metrics:
+            if candidate.key == metric and candidate.ratio:
+                return candidate.baseline or self.baseline
+        return None
+
+
+#: every scenario, by key
+SCENARIOS: dict[str, Scenario] = {}
+ScenarioFunction = Callable[[Context], Awaitable[None]]
+
+
+def scenario(
+    number: str,
+    baseline: str,
+    metrics: Sequence[Metric],
+    targets: Sequence[Target] = (),
+    backends: tuple[str, ...] = BACKENDS,
+) -> Callable[[ScenarioFunction], ScenarioFunction]:
+    """Register ``scenario_<key>`` with what the report needs besides its docstring."""
+
+    def register(run: ScenarioFunction) -> ScenarioFunction:
+        key = run.__name__.removeprefix("scenario_")
+        metrics_ = tuple(metrics)
+        SCENARIOS[key] = Scenario(key, number, run, baseline, metrics_, tuple(targets), backends)
+        return run
+
+    return register
+
+
+def run_on(backend: str, main: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run ``main(*args)`` on a fresh event loop of ``backend``."""
+    if backend == "uvloop":
+        anyio.run(main, *args, backend="asyncio", backend_options={"use_uvloop": True})
+    else:
+        anyio.run(main, *args, backend=backend)
+
+
+async def run_scenario(name: str, ctx: Context) -> None:
+    try:
+        loop = type(asyncio.get_running_loop())
+    except RuntimeError:
+        ctx.notes["loop"] = "trio"
+    else:
+        ctx.notes["loop"] = f"{loop.__module__}.{loop.__qualname__}"
+    await SCENARIOS[name].run(ctx)
 
 
 # -- the hand-written baselines ------------------------------------------------------------
-
-
 class ItemQueue(Generic[T]):
     """A FIFO queue of ready items on an anyio memory object stream (baseline "queue of N").
 
@@ -79,8 +262,6 @@ class ItemQueue(Generic[T]):
     __slots__ = ("_receive", "_send")
 
     def __init__(self, capacity: int) -> None:
-        self._send: MemoryObjectSendStream[T]
-        self._receive: MemoryObjectReceiveStream[T]
         self._send, self._receive = anyio.create_memory_object_stream[T](capacity)
 
     async def get(self) -> T:
@@ -134,12 +315,29 @@ async def fake_resource() -> AsyncIterator[object]:
     yield object()
 
 
+async def _make_object() -> object:
+    return object()
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 #: one segment of a contender's work (a short one when warming up); returns its seconds
 Segment = Callable[[bool], Awaitable[float]]
 #: opens what a contender needs (a pool, a queue of connections) and yields its segment
-ContenderFactory = Callable[[], AbstractAsyncContextManager[Segment]]
+ContenderFactory = Callable[[], ACM[Segment]]
+
+
+def rotate(items: Sequence[T], by: int) -> list[T]:
+    """``items`` starting at position ``by``: each repetition runs its contenders in turn first."""
+    shift = by % len(items) if items else 0
+    return [*items[shift:], *items[:shift]]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile by the nearest-rank method (no interpolation)."""
+    if not values:
+        return math.nan
+    return sorted(values)[max(1, math.ceil(fraction * len(values))) - 1]
 
 
 def new_client() -> httpx.AsyncClient:
@@ -151,9 +349,9 @@ def new_client() -> httpx.AsyncClient:
 
 
 async def server_handshakes(ctx: Context) -> int:
-    """How many WebSocket handshakes the echo server has accepted so far."""
+    """How many WebSocket handshakes the echo server has accepted so far (``GET /count``)."""
     async with httpx.AsyncClient(timeout=10.0) as client:
-        response = await client.get(ctx.count_url)
+        response = await client.get(f"http://127.0.0.1:{ctx.port}/count")
         response.raise_for_status()
         return int(response.text)
 
@@ -162,17 +360,24 @@ def connect_ws(
     uri: str,
     client: httpx.AsyncClient,
     session_class: type[AsyncWebSocketSession] = AsyncWebSocketSession,
-) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
+) -> ACM[AsyncWebSocketSession]:
     """``httpx_ws.aconnect_ws``, typed."""
     return aconnect_ws(uri, client, session_class=session_class)
 
 
 async def echo(ws: AsyncWebSocketSession) -> None:
+    """One round trip on an httpx-ws session."""
     await ws.send_bytes(PAYLOAD)
     await ws.receive_bytes()
 
 
-async def warm_pool(pool: WebSocketPool[T], connections: int) -> None:
+async def echo_websockets(ws: Any) -> None:
+    """One round trip on a ``websockets`` client connection."""
+    await ws.send(PAYLOAD)
+    await ws.recv()
+
+
+async def warm_pool(pool: WebSocketPool[Any], connections: int) -> None:
     """Open ``connections`` connections and leave them idle, before the clock starts."""
     held = [await pool.acquire() for _ in range(connections)]
     for item in held:
@@ -189,13 +394,9 @@ async def wait_until(condition: Callable[[], bool], *, rounds: int = 100_000) ->
     raise RuntimeError(f"condition not reached after {rounds} scheduling rounds")
 
 
-def settle_garbage() -> None:
-    gc.collect()
-
-
 async def timed_tasks(count: int, task: Callable[[], Coroutine[Any, Any, None]]) -> float:
     """Run ``count`` copies of ``task`` at once; return the seconds until all are done."""
-    settle_garbage()
+    gc.collect()
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(count):
@@ -218,43 +419,6 @@ def borrowers_segment(tasks: int, rounds: int, one_round: Callable[[], Awaitable
     return segment
 
 
-async def interleave(
-    contenders: dict[str, ContenderFactory], segments: int, rep: int
-) -> dict[str, float]:
-    """Open every contender, then run their segments in alternation; seconds per contender.
-
-    The machine is shared and noisy: a contender measured in one block and its
-    baseline in the next can see different weather. Here each contender runs
-    ``segments`` times, alternating with the others (in an order that rotates
-    with each segment and each repetition), after one untimed warm-up segment
-    each, so that every contender samples the same stretch of time.
-    """
-    order = rotate(list(contenders), rep)
-    totals = dict.fromkeys(order, 0.0)
-    with anyio.fail_after(CONTENDER_TIME_LIMIT * len(order)):
-        async with AsyncExitStack() as stack:
-            runs: dict[str, Segment] = {}
-            for name in order:
-                runs[name] = await stack.enter_async_context(contenders[name]())
-            for name in order:
-                await runs[name](True)
-            for index in range(segments):
-                for name in rotate(order, index):
-                    settle_garbage()
-                    totals[name] += await runs[name](False)
-    return totals
-
-
-# -- 1. overhead ------------------------------------------------------------------------------
-
-OVERHEAD_FLOOR = "floor: CapacityLimiter + deque"
-OVERHEAD_UNBOUNDED = "unbounded deque get/put (livekit's technique)"
-OVERHEAD_UNBOUNDED_CM = "unbounded deque, @asynccontextmanager lease"
-OVERHEAD_POOL = "anyio_wspool pool.connection(), httpx-ws"
-OVERHEAD_POOL_ACQUIRE = "anyio_wspool acquire()/release(), httpx-ws"
-OVERHEAD_POOL_GENERIC = "anyio_wspool pool.connection(), generic fake resource"
-
-
 def cycles_segment(cycles: int, loop: Callable[[int], Awaitable[None]]) -> Segment:
     """A segment that runs ``loop(cycles)`` in this task (a quarter when warming up)."""
 
@@ -267,15 +431,15 @@ def cycles_segment(cycles: int, loop: Callable[[int], Awaitable[None]]) -> Segme
     return segment
 
 
-def pooled_echo_segment(pool: WebSocketPool[Any], tasks: int, rounds: int) -> Segment:
-    """``tasks`` x ``rounds`` echoes of PAYLOAD, each in its own lease of a websockets client."""
+def lease_loop(cycles: int, lease: Callable[[], ACM[object]]) -> Segment:
+    """``cycles`` empty leases in this task."""
 
-    async def one_round() -> None:
-        async with pool.connection() as ws:
-            await ws.send(PAYLOAD)
-            await ws.recv()
+    async def loop(count: int) -> None:
+        for _ in range(count):
+            async with lease():
+                pass
 
-    return borrowers_segment(tasks, rounds, one_round)
+    return cycles_segment(cycles, loop)
 
 
 def floor_segment(cycles: int, capacity: int) -> Segment:
@@ -291,15 +455,122 @@ def floor_segment(cycles: int, capacity: int) -> Segment:
     return cycles_segment(cycles, loop)
 
 
-async def _make_object() -> object:
-    return object()
+def pooled(
+    open_one: Callable[[], ACM[WebSocketPool[T]]],
+    warm: int,
+    tasks: int,
+    rounds: int,
+    round_trip: Callable[[T], Awaitable[None]],
+    on_exit: Callable[[WebSocketPool[T]], None] = lambda pool: None,
+) -> ContenderFactory:
+    """A pool, ``warm`` connections opened; ``tasks`` x ``rounds`` round trips, one lease each."""
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Segment]:
+        async with open_one() as pool:
+            await warm_pool(pool, warm)
+
+            async def one_round() -> None:
+                async with pool.connection() as ws:
+                    await round_trip(ws)
+
+            yield borrowers_segment(tasks, rounds, one_round)
+            on_exit(pool)
+
+    return factory
 
 
+def queued(
+    open_one: Callable[[], ACM[T]],
+    connections: int,
+    tasks: int,
+    rounds: int,
+    round_trip: Callable[[T], Awaitable[None]],
+) -> ContenderFactory:
+    """A queue of ``connections`` connections; ``tasks`` x ``rounds`` round trips, one get each."""
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Segment]:
+        queue: ItemQueue[T] = ItemQueue(connections)
+        async with AsyncExitStack() as stack:
+            for _ in range(connections):
+                queue.put(await stack.enter_async_context(open_one()))
+
+            async def one_round() -> None:
+                ws = await queue.get()
+                await round_trip(ws)
+                queue.put(ws)
+
+            yield borrowers_segment(tasks, rounds, one_round)
+
+    return factory
+
+
+async def interleave(
+    contenders: Mapping[str, ContenderFactory], segments: int, rep: int
+) -> dict[str, float]:
+    """Open every contender, then run their segments in alternation; seconds per contender.
+
+    The machine is shared and noisy: a contender measured in one block and its
+    baseline in the next can see different weather. Here each contender runs
+    ``segments`` times, alternating with the others (in an order that rotates
+    with each segment and each repetition), after one untimed warm-up segment
+    each, so that every contender samples the same stretch of time.
+    """
+    order = rotate(list(contenders), rep)
+    totals = dict.fromkeys(order, 0.0)
+    with anyio.fail_after(CONTENDER_TIME_LIMIT * len(order)):
+        async with AsyncExitStack() as stack:
+            runs = {name: await stack.enter_async_context(contenders[name]()) for name in order}
+            for name in order:
+                await runs[name](True)
+            for index in range(segments):
+                for name in rotate(order, index):
+                    gc.collect()
+                    totals[name] += await runs[name](False)
+    return totals
+
+
+X = "\u00d7"  # the multiplication sign (escaped: ruff flags look-alike characters)
+US = "µs per cycle"
+RATE = "round trips/s"
+
+
+# -- 1. overhead ------------------------------------------------------------------------------
+
+OVERHEAD_FLOOR = "floor: CapacityLimiter + deque"
+OVERHEAD_UNBOUNDED = "unbounded deque get/put (livekit's technique)"
+OVERHEAD_UNBOUNDED_CM = "unbounded deque, @asynccontextmanager lease"
+OVERHEAD_POOL = "anyio_wspool pool.connection(), httpx-ws"
+OVERHEAD_POOL_ACQUIRE = "anyio_wspool acquire()/release(), httpx-ws"
+OVERHEAD_POOL_GENERIC = "anyio_wspool pool.connection(), generic fake resource"
+
+
+@scenario(
+    "1", OVERHEAD_FLOOR,
+    [Metric("us_per_cycle", US, "lower", 2)],
+    [
+        Target(f"pool.connection() (httpx-ws) ≤ 1.0{X} the floor",
+               OVERHEAD_POOL, "us_per_cycle <= 1.0", OVERHEAD_FLOOR),
+        Target(f"acquire()/release() (httpx-ws) ≤ 1.0{X} the floor",
+               OVERHEAD_POOL_ACQUIRE, "us_per_cycle <= 1.0", OVERHEAD_FLOOR),
+        Target("aim: pool.connection() as cheap as the unbounded deque behind a context manager",
+               OVERHEAD_POOL, "us_per_cycle <= 1.0", OVERHEAD_UNBOUNDED_CM, role="aim"),
+        Target("pool.connection() against the bare unbounded deque get/put",
+               OVERHEAD_POOL, "us_per_cycle <= 1.0", OVERHEAD_UNBOUNDED, role="reported"),
+    ],
+)  # fmt: skip
 async def scenario_overhead(ctx: Context) -> None:
-    """Acquire + release of an idle connection, N times, one task (µs per cycle)."""
-    sizes = ctx.sizes
-    segments = sizes.segments
-    cycles = sizes.overhead_cycles // segments
+    """Overhead: acquire + release of an idle connection
+
+    One task takes and gives back an idle connection N times (20,000 in a full
+    run), nothing sent. The floor is a bare `anyio.CapacityLimiter`
+    acquire/release around a deque pop/append; the unbounded deque is
+    livekit-agents' technique (no capacity bound), bare and behind an
+    `@asynccontextmanager` like livekit's `connection()`.
+    """
+    segments = ctx.sizes.segments
+    cycles = ctx.sizes.overhead_cycles // segments
 
     @asynccontextmanager
     async def floor() -> AsyncIterator[Segment]:
@@ -318,28 +589,13 @@ async def scenario_overhead(ctx: Context) -> None:
 
     @asynccontextmanager
     async def unbounded_lease() -> AsyncIterator[Segment]:
-        pool = UnboundedDeque(_make_object)
-
-        async def loop(count: int) -> None:
-            for _ in range(count):
-                async with pool.lease():
-                    pass
-
-        yield cycles_segment(cycles, loop)
-
-    def lease_loop(pool: WebSocketPool[Any]) -> Segment:
-        async def loop(count: int) -> None:
-            for _ in range(count):
-                async with pool.connection():
-                    pass
-
-        return cycles_segment(cycles, loop)
+        yield lease_loop(cycles, UnboundedDeque(_make_object).lease)
 
     @asynccontextmanager
     async def pool_httpx_ws() -> AsyncIterator[Segment]:
         async with new_client() as client, open_pool(ctx.uri, client=client) as pool:
             await warm_pool(pool, 1)
-            yield lease_loop(pool)
+            yield lease_loop(cycles, pool.connection)
 
     @asynccontextmanager
     async def pool_acquire_release() -> AsyncIterator[Segment]:
@@ -357,7 +613,7 @@ async def scenario_overhead(ctx: Context) -> None:
     async def pool_generic() -> AsyncIterator[Segment]:
         async with open_pool(connect=fake_resource) as pool:
             await warm_pool(pool, 1)
-            yield lease_loop(pool)
+            yield lease_loop(cycles, pool.connection)
 
     contenders: dict[str, ContenderFactory] = {
         OVERHEAD_FLOOR: floor,
@@ -369,7 +625,7 @@ async def scenario_overhead(ctx: Context) -> None:
     }
     totals = await interleave(contenders, segments, ctx.rep)
     for name, seconds in totals.items():
-        ctx.rec.add(name, "us_per_cycle", seconds / (cycles * segments) * 1e6)
+        ctx.add(name, "us_per_cycle", seconds / (cycles * segments) * 1e6)
 
 
 # -- 2. pooled echo (httpx-ws) ------------------------------------------------------------------
@@ -380,8 +636,34 @@ ECHO_HARDENED = "queue of 16 hardened sessions (the pool's session class, no poo
 ECHO_PER_REQUEST = "aconnect_ws per request"
 
 
+@scenario(
+    "2", ECHO_QUEUE,
+    [
+        Metric("round_trips_per_s", RATE, "higher", 0),
+        Metric("server_handshakes", "handshakes seen by the server", "none", 0, False),
+    ],
+    [
+        Target(f"pooled echo ≥ 0.95{X} queue of 16 httpx-ws sessions (b)",
+               ECHO_POOL, "round_trips_per_s >= 0.95", ECHO_QUEUE),
+        Target("lending alone: pool against a queue of the same hardened sessions",
+               ECHO_POOL, "round_trips_per_s >= 0.95", ECHO_HARDENED, role="reported"),
+        Target("multiple over aconnect_ws per request (a)",
+               ECHO_POOL, "round_trips_per_s >= 1.0", ECHO_PER_REQUEST, role="reported"),
+        Target("server-counted handshakes of the pool = 16", ECHO_POOL, "server_handshakes == 16"),
+    ],
+)  # fmt: skip
 async def scenario_echo(ctx: Context) -> None:
-    """64 tasks, 16 connections, 500 round trips each, one lease per round trip."""
+    """Pooled echo through httpx-ws
+
+    64 tasks share 16 connections; each task makes 500 round trips of 64 bytes,
+    one lease per round trip. Pool and queues are warmed (16 connections open)
+    before the clock starts. Baselines: (b) 16 persistent httpx-ws sessions
+    handed out by a FIFO queue (anyio memory object stream), the ceiling for
+    httpx-ws; (a) `aconnect_ws` per request (fewer requests, same rate). The
+    diagnostic row 'queue of 16 hardened sessions' uses the pool's own session
+    class without the pool: it separates the cost of lending from the cost of
+    the session. `server_handshakes` is counted by the echo server.
+    """
     sizes = ctx.sizes
     tasks, connections, segments = sizes.echo_tasks, sizes.echo_connections, sizes.segments
     rounds = max(1, sizes.echo_round_trips // segments)
@@ -391,10 +673,12 @@ async def scenario_echo(ctx: Context) -> None:
         from anyio_wspool._session import hardened_session_class
     except ImportError:
         hardened = None
-        ctx.rec.note("diagnostic", "the pool's session class could not be imported")
+        ctx.notes["diagnostic"] = "the pool's session class could not be imported"
     else:
         hardened = hardened_session_class(AsyncWebSocketSession)
     handshakes: dict[str, int] = {}
+    # Connections the pool opened after its warm-up count as its own.
+    extra: list[int] = []
 
     def counted(name: str, factory: ContenderFactory) -> ContenderFactory:
         """Count the server's handshakes while ``factory`` sets its contender up."""
@@ -409,53 +693,29 @@ async def scenario_echo(ctx: Context) -> None:
         return wrapper
 
     async with new_client() as client:
-
-        @asynccontextmanager
-        async def pooled() -> AsyncIterator[Segment]:
-            async with open_pool(ctx.uri, client=client, max_connections=connections) as pool:
-                await warm_pool(pool, connections)
-
-                async def one_round() -> None:
-                    async with pool.connection() as ws:
-                        await echo(ws)
-
-                yield borrowers_segment(tasks, rounds, one_round)
-                # Connections the pool opened after its warm-up count as its own.
-                extra.append(pool.stats.opened - connections)
-
-        def queued(session_class: type[AsyncWebSocketSession]) -> ContenderFactory:
-            @asynccontextmanager
-            async def factory() -> AsyncIterator[Segment]:
-                queue: ItemQueue[AsyncWebSocketSession] = ItemQueue(connections)
-                async with AsyncExitStack() as stack:
-                    for _ in range(connections):
-                        queue.put(
-                            await stack.enter_async_context(
-                                connect_ws(ctx.uri, client, session_class)
-                            )
-                        )
-
-                    async def one_round() -> None:
-                        ws = await queue.get()
-                        await echo(ws)
-                        queue.put(ws)
-
-                    yield borrowers_segment(tasks, rounds, one_round)
-
-            return factory
-
-        extra: list[int] = []
-        contenders: dict[str, ContenderFactory] = {
-            ECHO_POOL: counted(ECHO_POOL, pooled),
-            ECHO_QUEUE: counted(ECHO_QUEUE, queued(AsyncWebSocketSession)),
+        sessions = {ECHO_QUEUE: AsyncWebSocketSession, ECHO_HARDENED: hardened}
+        contenders = {
+            ECHO_POOL: counted(
+                ECHO_POOL,
+                pooled(
+                    lambda: open_pool(ctx.uri, client=client, max_connections=connections),
+                    connections,
+                    tasks,
+                    rounds,
+                    echo,
+                    lambda pool: extra.append(pool.stats.opened - connections),
+                ),
+            )
         }
-        if hardened is not None:
-            contenders[ECHO_HARDENED] = counted(ECHO_HARDENED, queued(hardened))
+        for name, session_class in sessions.items():
+            if session_class is not None:
+                open_one = partial(connect_ws, ctx.uri, client, session_class)
+                contenders[name] = counted(name, queued(open_one, connections, tasks, rounds, echo))
         totals = await interleave(contenders, segments, ctx.rep)
         handshakes[ECHO_POOL] += sum(extra)
         for name, seconds in totals.items():
-            ctx.rec.add(name, "round_trips_per_s", tasks * rounds * segments / seconds)
-            ctx.rec.add(name, "server_handshakes", handshakes[name])
+            ctx.add(name, "round_trips_per_s", tasks * rounds * segments / seconds)
+            ctx.add(name, "server_handshakes", handshakes[name])
 
         # Connecting per request is measured on its own: its handshakes would
         # otherwise be mixed with the others'.
@@ -470,8 +730,8 @@ async def scenario_echo(ctx: Context) -> None:
         before = await server_handshakes(ctx)
         seconds = await segment(False)
         after = await server_handshakes(ctx)
-        ctx.rec.add(ECHO_PER_REQUEST, "round_trips_per_s", tasks * per_request_rounds / seconds)
-        ctx.rec.add(ECHO_PER_REQUEST, "server_handshakes", after - before)
+        ctx.add(ECHO_PER_REQUEST, "round_trips_per_s", tasks * per_request_rounds / seconds)
+        ctx.add(ECHO_PER_REQUEST, "server_handshakes", after - before)
 
 
 # -- 3. pooled echo through the generic connector (websockets) ----------------------------------
@@ -480,57 +740,45 @@ CONNECTOR_POOL = "anyio_wspool connect=websockets"
 CONNECTOR_QUEUE = "queue of 16 websockets connections"
 
 
-def websockets_connector(ctx: Context) -> Callable[[], AbstractAsyncContextManager[Any]]:
-    """The ``websockets`` library's client for this backend (its asyncio or its trio one)."""
-    connect: Callable[..., AbstractAsyncContextManager[Any]]
+@scenario(
+    "3", CONNECTOR_QUEUE,
+    [Metric("round_trips_per_s", RATE, "higher", 0)],
+    [
+        Target(f"connect=websockets ≥ 0.95{X} queue of websockets connections",
+               CONNECTOR_POOL, "round_trips_per_s >= 0.95", CONNECTOR_QUEUE),
+    ],
+)  # fmt: skip
+async def scenario_connector(ctx: Context) -> None:
+    """Pooled echo through the generic connector (websockets client)
+
+    The workload of scenario 2 with `open_pool(connect=...)` around the
+    `websockets` library's client (its asyncio client on asyncio and uvloop,
+    its trio client on trio), against the same FIFO queue of 16 `websockets`
+    connections.
+    """
+    sizes = ctx.sizes
+    tasks, connections, segments = sizes.echo_tasks, sizes.echo_connections, sizes.segments
+    rounds = max(1, sizes.connector_round_trips // segments)
+    connect: Callable[..., ACM[Any]]
     if ctx.backend == "trio":
         from websockets.trio.client import connect
     else:
         from websockets.asyncio.client import connect
-    uri = ctx.uri
-
-    def open_connection() -> AbstractAsyncContextManager[Any]:
-        return connect(uri, compression=None)
-
-    return open_connection
-
-
-async def scenario_connector(ctx: Context) -> None:
-    """The echo workload with ``open_pool(connect=...)`` around the websockets client."""
-    sizes = ctx.sizes
-    tasks, connections, segments = sizes.echo_tasks, sizes.echo_connections, sizes.segments
-    rounds = max(1, sizes.connector_round_trips // segments)
-    connector = websockets_connector(ctx)
-    ctx.rec.note(
-        "client",
-        "websockets.trio.client" if ctx.backend == "trio" else "websockets.asyncio.client",
-    )
-
-    @asynccontextmanager
-    async def pooled() -> AsyncIterator[Segment]:
-        async with open_pool(connect=connector, max_connections=connections) as pool:
-            await warm_pool(pool, connections)
-            yield pooled_echo_segment(pool, tasks, rounds)
-
-    @asynccontextmanager
-    async def queued() -> AsyncIterator[Segment]:
-        queue: ItemQueue[Any] = ItemQueue(connections)
-        async with AsyncExitStack() as stack:
-            for _ in range(connections):
-                queue.put(await stack.enter_async_context(connector()))
-
-            async def one_round() -> None:
-                ws = await queue.get()
-                await ws.send(PAYLOAD)
-                await ws.recv()
-                queue.put(ws)
-
-            yield borrowers_segment(tasks, rounds, one_round)
-
-    contenders: dict[str, ContenderFactory] = {CONNECTOR_POOL: pooled, CONNECTOR_QUEUE: queued}
+    ctx.notes["client"] = connect.__module__
+    connector = partial(connect, ctx.uri, compression=None)
+    contenders = {
+        CONNECTOR_POOL: pooled(
+            lambda: open_pool(connect=connector, max_connections=connections),
+            connections,
+            tasks,
+            rounds,
+            echo_websockets,
+        ),
+        CONNECTOR_QUEUE: queued(connector, connections, tasks, rounds, echo_websockets),
+    }
     totals = await interleave(contenders, segments, ctx.rep)
     for name, seconds in totals.items():
-        ctx.rec.add(name, "round_trips_per_s", tasks * rounds * segments / seconds)
+        ctx.add(name, "round_trips_per_s", tasks * rounds * segments / seconds)
 
 
 # -- 4. fairness under contention ------------------------------------------------------------
@@ -550,9 +798,7 @@ class _Fairness:
 
 
 def contention_segment(
-    tasks: int,
-    lease: Callable[[], AbstractAsyncContextManager[AsyncWebSocketSession]],
-    seen: _Fairness,
+    tasks: int, lease: Callable[[], ACM[AsyncWebSocketSession]], seen: _Fairness
 ) -> Segment:
     """``tasks`` borrowers at once, one round trip each; their waits and order go to ``seen``."""
 
@@ -588,8 +834,35 @@ def contention_segment(
     return segment
 
 
+@scenario(
+    "4", FAIRNESS_QUEUE,
+    [
+        Metric("total_s", "total seconds", "lower", 3),
+        Metric("wait_p50_ms", "wait p50, ms", "lower", 1),
+        Metric("wait_p99_ms", "wait p99, ms", "lower", 1),
+        Metric("wait_max_ms", "wait max, ms", "lower", 1),
+        Metric("failures", "failures", "lower", 0, False),
+        Metric("out_of_fifo_order", "out of FIFO order", "lower", 0, False),
+    ],
+    [
+        Target(f"total time ≤ 1.05{X} the queue of the same stack",
+               FAIRNESS_POOL, "total_s <= 1.05", FAIRNESS_QUEUE),
+        Target("zero failures", FAIRNESS_POOL, "failures == 0"),
+        Target("FIFO order kept (asyncio)",
+               FAIRNESS_POOL, "out_of_fifo_order == 0", backends=("asyncio", "uvloop")),
+    ],
+)  # fmt: skip
 async def scenario_fairness(ctx: Context) -> None:
-    """2,000 tasks, 10 connections, one round trip each: total time, waits, FIFO order."""
+    """Fairness under contention
+
+    2,000 tasks, 10 connections (warmed), one round trip each; each timed
+    segment is one such burst, so *total seconds* is per burst, waits are
+    pooled over all timed bursts, and failures and 'out of FIFO order' are
+    counted over all of them (5 bursts of 2,000 borrowers in a full run). 'Out
+    of FIFO order' counts borrowers that got a connection at another position
+    than the one they arrived at (trio's scheduler reorders tasks woken
+    together, so only asyncio is held to zero).
+    """
     sizes = ctx.sizes
     tasks, connections = sizes.fairness_tasks, sizes.fairness_connections
     seen = {FAIRNESS_POOL: _Fairness(), FAIRNESS_QUEUE: _Fairness()}
@@ -597,50 +870,57 @@ async def scenario_fairness(ctx: Context) -> None:
     async with new_client() as client:
 
         @asynccontextmanager
-        async def pooled() -> AsyncIterator[Segment]:
+        async def pool() -> AsyncIterator[Segment]:
             async with open_pool(ctx.uri, client=client, max_connections=connections) as pool:
                 await warm_pool(pool, connections)
                 yield contention_segment(tasks, pool.connection, seen[FAIRNESS_POOL])
 
         @asynccontextmanager
-        async def queued() -> AsyncIterator[Segment]:
+        async def queue() -> AsyncIterator[Segment]:
             queue: ItemQueue[AsyncWebSocketSession] = ItemQueue(connections)
             async with AsyncExitStack() as stack:
                 for _ in range(connections):
                     queue.put(await stack.enter_async_context(connect_ws(ctx.uri, client)))
                 yield contention_segment(tasks, queue.lease, seen[FAIRNESS_QUEUE])
 
-        contenders: dict[str, ContenderFactory] = {FAIRNESS_POOL: pooled, FAIRNESS_QUEUE: queued}
-        totals = await interleave(contenders, sizes.segments, ctx.rep)
-    rec = ctx.rec
+        totals = await interleave(
+            {FAIRNESS_POOL: pool, FAIRNESS_QUEUE: queue}, sizes.segments, ctx.rep
+        )
     for name, seconds in totals.items():
         state = seen[name]
-        rec.add(name, "total_s", seconds / state.segments)
-        rec.add(name, "wait_p50_ms", percentile(state.waits, 0.50) * 1e3)
-        rec.add(name, "wait_p99_ms", percentile(state.waits, 0.99) * 1e3)
-        rec.add(name, "wait_max_ms", max(state.waits, default=0.0) * 1e3)
-        rec.add(name, "failures", state.failures)
-        rec.add(name, "out_of_fifo_order", state.out_of_order)
+        ctx.add(name, "total_s", seconds / state.segments)
+        ctx.add(name, "wait_p50_ms", percentile(state.waits, 0.50) * 1e3)
+        ctx.add(name, "wait_p99_ms", percentile(state.waits, 0.99) * 1e3)
+        ctx.add(name, "wait_max_ms", max(state.waits, default=0.0) * 1e3)
+        ctx.add(name, "failures", state.failures)
+        ctx.add(name, "out_of_fifo_order", state.out_of_order)
 
 
 # -- 5. scale ----------------------------------------------------------------------------------
 
 SCALE_POOL = "anyio_wspool, generic fake resource"
 SCALE_FLOOR = "floor: CapacityLimiter + deque"
+#: how the scale metrics name the sizes (so that --quick can use smaller ones)
+SCALE_IDLE_RANKS = ("small", "medium", "large")
+SCALE_WAITING_RANKS = ("small", "large")
 
 
-async def _pool_idle_cost(idle: int, cycles: int) -> float:
+async def _idle_cost(lease: Callable[[], ACM[object]], cycles: int) -> float:
+    for _ in range(min(cycles, 1_000)):
+        async with lease():
+            pass
+    gc.collect()
+    start = time.perf_counter()
+    for _ in range(cycles):
+        async with lease():
+            pass
+    return (time.perf_counter() - start) / cycles
+
+
+async def pool_idle_cost(idle: int, cycles: int) -> float:
     async with open_pool(connect=fake_resource, max_connections=idle) as pool:
         await warm_pool(pool, idle)
-        for _ in range(min(cycles, 1_000)):
-            async with pool.connection():
-                pass
-        settle_garbage()
-        start = time.perf_counter()
-        for _ in range(cycles):
-            async with pool.connection():
-                pass
-        return (time.perf_counter() - start) / cycles
+        return await _idle_cost(pool.connection, cycles)
 
 
 async def _floor_idle_cost(idle: int, cycles: int) -> float:
@@ -649,7 +929,7 @@ async def _floor_idle_cost(idle: int, cycles: int) -> float:
     for _ in range(min(cycles, 1_000)):
         async with limiter:
             items.append(items.pop())
-    settle_garbage()
+    gc.collect()
     start = time.perf_counter()
     for _ in range(cycles):
         async with limiter:
@@ -660,10 +940,10 @@ async def _floor_idle_cost(idle: int, cycles: int) -> float:
 async def _hand_off_cost(
     waiting: int,
     ops: int,
-    hold: Callable[[], Awaitable[None]],
+    hold: Callable[[], Awaitable[object]],
     release: Callable[[], Awaitable[None]],
     queued: Callable[[], int],
-    lease: Callable[[], AbstractAsyncContextManager[object]],
+    lease: Callable[[], ACM[object]],
 ) -> float:
     """Seconds per lease when ``waiting`` borrowers queue for one resource.
 
@@ -688,13 +968,13 @@ async def _hand_off_cost(
             for _ in range(waiting):
                 tg.start_soon(borrower)
             await wait_until(lambda: queued() >= waiting)
-            settle_garbage()
+            gc.collect()
             start = time.perf_counter()
             await release()
     return (last - start) / (per_task * waiting)
 
 
-async def _pool_wait_cost(waiting: int, ops: int) -> float:
+async def pool_wait_cost(waiting: int, ops: int) -> float:
     async with open_pool(connect=fake_resource, max_connections=1) as pool:
         await warm_pool(pool, 1)
         held: list[object] = []
@@ -723,40 +1003,65 @@ async def _floor_wait_cost(waiting: int, ops: int) -> float:
             finally:
                 items.append(item)
 
-    async def hold() -> None:
-        await limiter.acquire()
-
     async def release() -> None:
         limiter.release()
 
     return await _hand_off_cost(
-        waiting, ops, hold, release, lambda: limiter.statistics().tasks_waiting, lease
+        waiting, ops, limiter.acquire, release, lambda: limiter.statistics().tasks_waiting, lease
     )
 
 
-#: how the scale metrics name the sizes (so that --quick can use smaller ones)
-SCALE_IDLE_RANKS = ("small", "medium", "large")
-SCALE_WAITING_RANKS = ("small", "large")
-
-
+@scenario(
+    "5", SCALE_FLOOR,
+    [
+        Metric("idle_small_us", "idle {idle_small}: µs per cycle", "lower", 2),
+        Metric("idle_medium_us", "idle {idle_medium}: µs per cycle", "lower", 2),
+        Metric("idle_large_us", "idle {idle_large}: µs per cycle", "lower", 2),
+        Metric("waiting_small_us", "waiting {waiting_small}: µs per lease", "lower", 2),
+        Metric("waiting_large_us", "waiting {waiting_large}: µs per lease", "lower", 2),
+        Metric("idle_growth", "growth, idle {idle_small} → {idle_large}", "lower", 2),
+        Metric("waiting_growth", "growth, waiting {waiting_small} → {waiting_large}", "lower", 2),
+    ],
+    [
+        Target(f"idle {{idle_small}} → {{idle_large}}: cost growth ≤ 1.2{X}",
+               SCALE_POOL, "idle_growth <= 1.2"),
+        Target(f"waiting {{waiting_small}} → {{waiting_large}}: cost growth ≤ 1.2{X}",
+               SCALE_POOL, "waiting_growth <= 1.2"),
+        Target("diagnostic: waiting growth against the floor's own growth",
+               SCALE_POOL, "waiting_growth <= 1.0", SCALE_FLOOR, role="reported"),
+        Target("diagnostic: hand-off to a waiter against the floor's (waiting {waiting_small})",
+               SCALE_POOL, "waiting_small_us <= 1.0", SCALE_FLOOR, role="reported"),
+    ],
+)  # fmt: skip
 async def scenario_scale(ctx: Context) -> None:
-    """Acquire + release cost with 10 … 10,000 idle connections and 10 … 10,000 waiters."""
+    """Scale: cost per acquire + release against pool size and queue length
+
+    The generic connector with a fake resource. *idle N*: one task takes and
+    gives back a connection while N are idle. *waiting N*: N borrowers queue
+    for a single connection and take it in turn (one scheduling point inside
+    each lease, so every lease is a hand-off to a waiter); the clock starts
+    with all N queued. *growth* is the cost at the largest size ÷ the cost at
+    the smallest (target ≤ 1.2: nothing on the hot path loops over connections
+    or waiters); its ratio to the floor's growth separates what the pool adds
+    from what 10,000 live tasks cost the runtime itself (cache misses, garbage
+    collection), which the floor, an `anyio.CapacityLimiter` with its O(1)
+    queue, pays as well.
+    """
     sizes = ctx.sizes
-    rec = ctx.rec
     costs: dict[tuple[str, str, str], float] = {}
     for name in rotate([SCALE_POOL, SCALE_FLOOR], ctx.rep):
+        idle_cost = pool_idle_cost if name == SCALE_POOL else _floor_idle_cost
+        wait_cost = pool_wait_cost if name == SCALE_POOL else _floor_wait_cost
         for rank, idle in zip(SCALE_IDLE_RANKS, sizes.scale_idle, strict=True):
-            idle_cost = _pool_idle_cost if name == SCALE_POOL else _floor_idle_cost
             with anyio.fail_after(CONTENDER_TIME_LIMIT):
                 costs[name, "idle", rank] = await idle_cost(idle, sizes.scale_cycles)
         for rank, waiting in zip(SCALE_WAITING_RANKS, sizes.scale_waiting, strict=True):
-            wait_cost = _pool_wait_cost if name == SCALE_POOL else _floor_wait_cost
             costs[name, "waiting", rank] = await wait_cost(waiting, sizes.scale_wait_ops)
     for (name, kind, rank), seconds in costs.items():
-        rec.add(name, f"{kind}_{rank}_us", seconds * 1e6)
+        ctx.add(name, f"{kind}_{rank}_us", seconds * 1e6)
     for name in (SCALE_POOL, SCALE_FLOOR):
         for kind in ("idle", "waiting"):
-            rec.add(name, f"{kind}_growth", costs[name, kind, "large"] / costs[name, kind, "small"])
+            ctx.add(name, f"{kind}_growth", costs[name, kind, "large"] / costs[name, kind, "small"])
 
 
 # -- 6. memory ---------------------------------------------------------------------------------
@@ -772,17 +1077,32 @@ async def _traced_bytes_per_item(
 ) -> float:
     """Bytes traced by tracemalloc per item while ``count`` items are held open."""
     async with AsyncExitStack() as stack:
-        settle_garbage()
+        gc.collect()
         before = tracemalloc.get_traced_memory()[0]
         await open_all(stack)
         await anyio.wait_all_tasks_blocked()
-        settle_garbage()
+        gc.collect()
         after = tracemalloc.get_traced_memory()[0]
     return (after - before) / count
 
 
+@scenario(
+    "6", MEMORY_BARE,
+    [Metric("bytes_per_connection", "bytes per connection", "lower", 0)],
+    [
+        Target("pool's own bytes per idle connection (pooled - bare)",
+               MEMORY_OVERHEAD, "bytes_per_connection >= 0", role="reported"),
+    ],
+)  # fmt: skip
 async def scenario_memory(ctx: Context) -> None:
-    """Bytes per idle pooled connection against a bare httpx-ws session (tracemalloc)."""
+    """Memory per idle connection
+
+    Bytes traced by `tracemalloc` per connection while N connections (64 in a
+    full run) are open: bare httpx-ws sessions, idle pooled ones (the pool's
+    hardened session, its host task, its bookkeeping), and idle pooled fake
+    resources (the pool's own cost per connection, nothing else). Python
+    allocations only: kernel socket buffers are not counted.
+    """
     count = ctx.sizes.memory_connections
 
     async with new_client() as client:
@@ -791,103 +1111,281 @@ async def scenario_memory(ctx: Context) -> None:
             for _ in range(count):
                 await stack.enter_async_context(connect_ws(ctx.uri, client))
 
-        async def pooled(stack: AsyncExitStack) -> None:
-            pool = await stack.enter_async_context(
-                open_pool(ctx.uri, client=client, max_connections=count)
-            )
-            await warm_pool(pool, count)
+        async def pooled_httpx_ws(stack: AsyncExitStack) -> None:
+            pool = open_pool(ctx.uri, client=client, max_connections=count)
+            await warm_pool(await stack.enter_async_context(pool), count)
 
         async def generic(stack: AsyncExitStack) -> None:
-            pool = await stack.enter_async_context(
-                open_pool(connect=fake_resource, max_connections=count)
-            )
-            await warm_pool(pool, count)
+            pool = open_pool(connect=fake_resource, max_connections=count)
+            await warm_pool(await stack.enter_async_context(pool), count)
 
+        how = {MEMORY_BARE: bare, MEMORY_POOLED: pooled_httpx_ws, MEMORY_GENERIC: generic}
         # Load every lazily imported module and cache before measuring (on trio,
         # wait_all_tasks_blocked() imports trio.testing, and with it megabytes).
-        for warm in (bare, pooled, generic):
+        for warm in how.values():
             async with AsyncExitStack() as stack:
                 await warm(stack)
                 await anyio.wait_all_tasks_blocked()
         tracemalloc.start()
         try:
-            figures: dict[str, float] = {}
-            for name in rotate([MEMORY_BARE, MEMORY_POOLED, MEMORY_GENERIC], ctx.rep):
-                how = {MEMORY_BARE: bare, MEMORY_POOLED: pooled, MEMORY_GENERIC: generic}[name]
-                figures[name] = await _traced_bytes_per_item(count, how)
+            figures = {
+                name: await _traced_bytes_per_item(count, how[name])
+                for name in rotate(list(how), ctx.rep)
+            }
         finally:
             tracemalloc.stop()
     for name, value in figures.items():
-        ctx.rec.add(name, "bytes_per_connection", value)
-    ctx.rec.add(
-        MEMORY_OVERHEAD, "bytes_per_connection", figures[MEMORY_POOLED] - figures[MEMORY_BARE]
-    )
+        ctx.add(name, "bytes_per_connection", value)
+    ctx.add(MEMORY_OVERHEAD, "bytes_per_connection", figures[MEMORY_POOLED] - figures[MEMORY_BARE])
+
+
+# -- 7. peers from the package index -----------------------------------------------------------
+#
+# They pin websockets<16, so this scenario runs in a virtual environment of its
+# own that run.py creates (websockets 15, both peers, and this project installed
+# editable). The peers are imported by name at run time, so that this file
+# type-checks where they are not installed.
+
+AIO_POOL = "aio-websocket-pool"
+ASYNC_POOL = "async-websocket-pool (listener callbacks)"
+
+PEER_DISTRIBUTIONS = ("aio-websocket-pool", "async-websocket-pool", "websockets", "tenacity")
+PEER_CONNECTIONS = 16
+
+
+@scenario(
+    "7", CONNECTOR_QUEUE,
+    [
+        Metric("overhead_us_per_cycle", "overhead, " + US, "lower", 2, baseline=OVERHEAD_FLOOR),
+        Metric("tasks_16_round_trips_per_s", "16 tasks on 16 connections, " + RATE, "higher", 0),
+        Metric("tasks_64_round_trips_per_s", "64 tasks on 16 connections, " + RATE, "higher", 0),
+        Metric("tasks_64_failed_acquires", "64 tasks: failed acquisitions", "lower", 0, False),
+    ],
+    [
+        Target("peers, 64 tasks: anyio_wspool against the queue (websockets 15)",
+               CONNECTOR_POOL, "tasks_64_round_trips_per_s >= 0.95", CONNECTOR_QUEUE,
+               role="reported"),
+        Target("peers, 64 tasks: aio-websocket-pool against the queue",
+               AIO_POOL, "tasks_64_round_trips_per_s >= 0.95", CONNECTOR_QUEUE, role="reported"),
+        Target("peers, 16 tasks: async-websocket-pool against the queue",
+               ASYNC_POOL, "tasks_16_round_trips_per_s >= 0.95", CONNECTOR_QUEUE, role="reported"),
+        Target("peers, overhead: anyio_wspool against aio-websocket-pool",
+               CONNECTOR_POOL, "overhead_us_per_cycle <= 1.0", AIO_POOL, role="reported"),
+    ],
+    backends=("asyncio",),
+)  # fmt: skip
+async def scenario_peers(ctx: Context) -> None:
+    """Peers from the package index (asyncio only, websockets 15, own venv)
+
+    `aio-websocket-pool` and `async-websocket-pool` pin `websockets<16`: they
+    run in a virtual environment of their own with websockets 15, and every
+    contender of this scenario uses that same client, so that the comparison
+    is between pools, not between clients. `aio-websocket-pool` (an asyncio
+    lock around every acquire and release, a ping on every reuse) fails at
+    once when all its connections are busy (`ConnectionPoolExhaustedError`):
+    with 64 tasks its failed acquisitions are counted and its rate counts
+    successful round trips only. `async-websocket-pool` is not a lending pool
+    (reconnecting listeners with callbacks, no acquire/release): it is
+    measured on the only shape it supports, one conversation per connection
+    (16 tasks).
+    """
+    for name in PEER_DISTRIBUTIONS:
+        ctx.notes[f"version {name}"] = importlib.metadata.version(name)
+    client: Any = importlib.import_module("websockets.asyncio.client")
+    connect = partial(client.connect, ctx.uri, compression=None)
+    aio_module: Any = importlib.import_module("aio_websocket_pool")
+
+    def aio_pool() -> Any:
+        return aio_module.WebsocketConnectionPool(
+            uri=ctx.uri, max_connections=PEER_CONNECTIONS, compression=None
+        )
+
+    await _overhead(ctx, connect, aio_pool)
+    for tasks in (PEER_CONNECTIONS, 4 * PEER_CONNECTIONS):
+        await _echo(ctx, connect, aio_pool, tasks)
+
+
+async def _overhead(ctx: Context, connect: Callable[[], Any], aio_pool: Callable[[], Any]) -> None:
+    """Acquire + release of an idle connection: anyio_wspool, aio-websocket-pool, the floor."""
+    segments = ctx.sizes.segments
+    cycles = max(1, ctx.sizes.peers_overhead_cycles // segments)
+
+    @asynccontextmanager
+    async def floor() -> AsyncIterator[Segment]:
+        yield floor_segment(cycles, PEER_CONNECTIONS)
+
+    @asynccontextmanager
+    async def ours() -> AsyncIterator[Segment]:
+        async with open_pool(connect=connect, max_connections=PEER_CONNECTIONS) as pool:
+            await warm_pool(pool, 1)
+            yield lease_loop(cycles, pool.connection)
+
+    @asynccontextmanager
+    async def aio() -> AsyncIterator[Segment]:
+        async with aio_pool() as pool:
+            async with pool.get_connection():
+                pass
+            yield lease_loop(cycles, pool.get_connection)
+
+    contenders = {OVERHEAD_FLOOR: floor, CONNECTOR_POOL: ours, AIO_POOL: aio}
+    totals = await interleave(contenders, segments, ctx.rep)
+    for name, seconds in totals.items():
+        ctx.add(name, "overhead_us_per_cycle", seconds / (cycles * segments) * 1e6)
+
+
+async def _echo(
+    ctx: Context, connect: Callable[[], Any], aio_pool: Callable[[], Any], tasks: int
+) -> None:
+    """``tasks`` tasks on 16 connections, one lease per round trip."""
+    segments = ctx.sizes.segments
+    rounds = max(1, ctx.sizes.peers_round_trips // segments)
+    aio_outcomes = [0, 0]  # successful round trips, failed acquisitions (timed segments)
+
+    @asynccontextmanager
+    async def aio() -> AsyncIterator[Segment]:
+        async with aio_pool() as pool:
+            held = [await pool.acquire() for _ in range(PEER_CONNECTIONS)]
+            for connection in held:
+                await pool.release(connection)
+            counting = [False]
+
+            async def one_round() -> None:
+                try:
+                    async with pool.get_connection() as connection:
+                        await echo_websockets(connection)
+                except Exception:
+                    # The pool does not wait: a full pool is an error at once.
+                    aio_outcomes[1] += counting[0]
+                else:
+                    aio_outcomes[0] += counting[0]
+
+            segment = borrowers_segment(tasks, rounds, one_round)
+
+            async def counted(warmup: bool) -> float:
+                counting[0] = not warmup
+                return await segment(warmup)
+
+            yield counted
+
+    contenders: dict[str, ContenderFactory] = {
+        CONNECTOR_QUEUE: queued(connect, PEER_CONNECTIONS, tasks, rounds, echo_websockets),
+        CONNECTOR_POOL: pooled(
+            lambda: open_pool(connect=connect, max_connections=PEER_CONNECTIONS),
+            PEER_CONNECTIONS,
+            tasks,
+            rounds,
+            echo_websockets,
+        ),
+        AIO_POOL: aio,
+    }
+    if tasks == PEER_CONNECTIONS:
+        contenders[ASYNC_POOL] = partial(_listeners, ctx.uri, rounds)
+    totals = await interleave(contenders, segments, ctx.rep)
+    for name, seconds in totals.items():
+        done = aio_outcomes[0] if name == AIO_POOL else tasks * rounds * segments
+        ctx.add(name, f"tasks_{tasks}_round_trips_per_s", done / seconds)
+        ctx.add(name, f"tasks_{tasks}_failed_acquires", aio_outcomes[1] if name == AIO_POOL else 0)
+
+
+@asynccontextmanager
+async def _listeners(uri: str, rounds: int) -> AsyncIterator[Segment]:
+    """async-websocket-pool: 16 listener connections, each echoing ``rounds`` times a segment.
+
+    Its ``connect()`` reads messages and hands each to ``on_message`` in a new
+    task; there is no acquire/release. Each connection keeps one message in
+    flight: a segment sends the first message on every connection, and
+    ``on_message`` sends the next one until the connection's count is reached.
+    """
+    listener: Any = importlib.import_module("async_websocket_pool")
+    sockets: dict[int, Any] = {}
+    left = [0] * PEER_CONNECTIONS
+    finished = [0]
+    all_finished = [anyio.Event()]
+
+    def conversation(index: int) -> Callable[[], Awaitable[None]]:
+        async def on_connect(ws: Any) -> None:
+            sockets[index] = ws
+
+        async def on_message(message: Any) -> None:
+            left[index] -= 1
+            if left[index] > 0:
+                await sockets[index].send(PAYLOAD)
+                return
+            finished[0] += 1
+            if finished[0] == PEER_CONNECTIONS:
+                all_finished[0].set()
+
+        return partial(listener.connect, uri, on_message, on_connect, compression=None)
+
+    async def segment(warmup: bool) -> float:
+        count = max(1, rounds // 5) if warmup else rounds
+        finished[0] = 0
+        all_finished[0] = anyio.Event()
+        start = time.perf_counter()
+        for index, ws in sockets.items():
+            left[index] = count
+            await ws.send(PAYLOAD)
+        await all_finished[0].wait()
+        return time.perf_counter() - start
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.run_pool, [conversation(index) for index in range(PEER_CONNECTIONS)])
+        await wait_until(lambda: len(sockets) == PEER_CONNECTIONS)
+        yield segment
+        tg.cancel_scope.cancel()
 
 
 # -- throughput against concurrency (the plot) ---------------------------------------------------
 
 THROUGHPUT_POOL = "anyio_wspool, httpx-ws (max_connections=16)"
 THROUGHPUT_PER_REQUEST = "aconnect_ws per request"
+THROUGHPUT_TASKS = (1, 4, 16, 64)
 
 
-async def _pool_against_per_request(
-    ctx: Context, client: httpx.AsyncClient, tasks: int
-) -> dict[str, float]:
-    """Round trips/s of the pool and of connect-per-request with ``tasks`` tasks."""
+@scenario(
+    "—", THROUGHPUT_PER_REQUEST,
+    [
+        Metric(f"tasks_{n}_round_trips_per_s", f"{n} tasks, {RATE}", "higher", 0)
+        for n in THROUGHPUT_TASKS
+    ],
+)  # fmt: skip
+async def scenario_throughput(ctx: Context) -> None:
+    """Throughput against concurrency (the plot)
+
+    Round trips/s with 1, 4, 16 and 64 tasks: the pool (16 connections,
+    httpx-ws) against a new `aconnect_ws` connection per request. Plotted in
+    [throughput.png](throughput.png).
+    """
     sizes = ctx.sizes
-    segments = sizes.segments
-    limit = sizes.throughput_max_connections
-    pool_rounds = max(1, sizes.throughput_pool_round_trips // tasks // segments)
-    request_rounds = max(1, sizes.throughput_per_request_round_trips // tasks // segments)
+    segments, limit = sizes.segments, sizes.throughput_max_connections
+    async with new_client() as client:
 
-    @asynccontextmanager
-    async def pooled() -> AsyncIterator[Segment]:
-        async with open_pool(ctx.uri, client=client, max_connections=limit) as pool:
-            await warm_pool(pool, min(tasks, limit))
-
-            async def one_round() -> None:
-                async with pool.connection() as ws:
-                    await echo(ws)
-
-            yield borrowers_segment(tasks, pool_rounds, one_round)
-
-    @asynccontextmanager
-    async def per_request() -> AsyncIterator[Segment]:
-        async def one_round() -> None:
+        async def per_request_round() -> None:
             async with connect_ws(ctx.uri, client) as ws:
                 await echo(ws)
 
-        yield borrowers_segment(tasks, request_rounds, one_round)
+        @asynccontextmanager
+        async def per_request(tasks: int, rounds: int) -> AsyncIterator[Segment]:
+            yield borrowers_segment(tasks, rounds, per_request_round)
 
-    contenders: dict[str, ContenderFactory] = {
-        THROUGHPUT_POOL: pooled,
-        THROUGHPUT_PER_REQUEST: per_request,
-    }
-    totals = await interleave(contenders, segments, ctx.rep)
-    done = {
-        THROUGHPUT_POOL: tasks * pool_rounds * segments,
-        THROUGHPUT_PER_REQUEST: tasks * request_rounds * segments,
-    }
-    return {name: done[name] / seconds for name, seconds in totals.items()}
-
-
-async def scenario_throughput(ctx: Context) -> None:
-    """Round trips per second at 1, 4, 16 and 64 tasks: pool against connect-per-request."""
-    concurrency = list(ctx.sizes.throughput_concurrency)
-    async with new_client() as client:
-        for index in rotate([str(i) for i in range(len(concurrency))], ctx.rep):
-            tasks = concurrency[int(index)]
-            rates = await _pool_against_per_request(ctx, client, tasks)
-            for name, rate in rates.items():
-                ctx.rec.add(name, f"tasks_{tasks}_round_trips_per_s", rate)
-
-
-SCENARIO_FUNCTIONS: dict[str, Callable[[Context], Awaitable[None]]] = {
-    "overhead": scenario_overhead,
-    "echo": scenario_echo,
-    "connector": scenario_connector,
-    "fairness": scenario_fairness,
-    "scale": scenario_scale,
-    "memory": scenario_memory,
-    "throughput": scenario_throughput,
-}
+        for tasks in rotate(sizes.throughput_concurrency, ctx.rep):
+            rounds = {
+                THROUGHPUT_POOL: max(1, sizes.throughput_pool_round_trips // tasks // segments),
+                THROUGHPUT_PER_REQUEST: max(
+                    1, sizes.throughput_per_request_round_trips // tasks // segments
+                ),
+            }
+            contenders: dict[str, ContenderFactory] = {
+                THROUGHPUT_POOL: pooled(
+                    lambda: open_pool(ctx.uri, client=client, max_connections=limit),
+                    min(tasks, limit),
+                    tasks,
+                    rounds[THROUGHPUT_POOL],
+                    echo,
+                ),
+                THROUGHPUT_PER_REQUEST: partial(per_request, tasks, rounds[THROUGHPUT_PER_REQUEST]),
+            }
+            totals = await interleave(contenders, segments, ctx.rep)
+            for name, seconds in totals.items():
+                rate = tasks * rounds[name] * segments / seconds
+                ctx.add(name, f"tasks_{tasks}_round_trips_per_s", rate)

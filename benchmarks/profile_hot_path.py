@@ -26,40 +26,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.lowlevel
-from _common import BACKENDS
-from _scenarios import fake_resource, warm_pool
+from _scenarios import BACKENDS, pool_idle_cost, pool_wait_cost, run_on
 
-from anyio_wspool import open_pool
-
-
-async def idle_path(cycles: int) -> None:
-    async with open_pool(connect=fake_resource) as pool:
-        await warm_pool(pool, 1)
-        for _ in range(cycles):
-            async with pool.connection():
-                pass
-
-
-async def handoff_path(cycles: int, borrowers: int = 10) -> None:
-    per_task = max(1, cycles // borrowers)
-    async with open_pool(connect=fake_resource, max_connections=1) as pool:
-        await warm_pool(pool, 1)
-
-        async def borrower() -> None:
-            for _ in range(per_task):
-                async with pool.connection():
-                    await anyio.lowlevel.checkpoint()
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(borrowers):
-                tg.start_soon(borrower)
-
-
-PATHS: dict[str, Callable[[int], Awaitable[None]]] = {
-    "idle": idle_path,
-    "handoff": handoff_path,
+#: each path takes the number of leases: one idle connection, or ten borrowers on one
+PATHS: dict[str, Callable[[int], Awaitable[float]]] = {
+    "idle": partial(pool_idle_cost, 1),
+    "handoff": partial(pool_wait_cost, 10),
 }
 
 
@@ -77,12 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("pyinstrument is not installed: pip install pyinstrument")
 
     profiler = pyinstrument.Profiler(interval=0.0001, async_mode="disabled")
-    run = partial(PATHS[args.path], args.cycles)
     profiler.start()
-    if args.backend == "uvloop":
-        anyio.run(run, backend="asyncio", backend_options={"use_uvloop": True})
-    else:
-        anyio.run(run, backend=args.backend)
+    run_on(args.backend, PATHS[args.path], args.cycles)
     profiler.stop()
     sys.stdout.write(profiler.output_text(unicode=True, color=False, show_all=False))
     if args.html is not None:
