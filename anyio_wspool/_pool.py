@@ -565,7 +565,8 @@ class WebSocketPool(Generic[R]):
 
     async def _acquire(self, fresh: bool) -> Conn[R]:
         await self._checkpoint_if_cancelled()
-        self._check_open()
+        if self._closing or not self._entered:
+            self._check_open()
         if fresh or self._waiters:
             return await self._wait(fresh)
         conn = self._take_idle()
@@ -665,7 +666,8 @@ class WebSocketPool(Generic[R]):
             PoolClosed: the pool is closing.
             PoolTimeout: ``acquire_timeout`` ran out (``deadline`` when given).
         """
-        self._check_open()
+        if self._closing:
+            self._check_open()
         timeout = self._config.acquire_timeout
         waiters = self._waiters
         if (
