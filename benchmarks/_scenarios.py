@@ -60,6 +60,8 @@ class Sizes:
     """How much work each scenario does: the issue's figures, or smaller ones for --quick."""
 
     overhead_cycles: int = 20_000
+    #: acquisitions in all, over every task (scenario 8)
+    contended_cycles: int = 64 * 500
     echo_tasks: int = 64
     echo_connections: int = 16
     echo_round_trips: int = 500
@@ -92,6 +94,7 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(
     overhead_cycles=6_000,
+    contended_cycles=64 * 150,
     echo_round_trips=45,
     echo_per_request_round_trips=3,
     connector_round_trips=120,
@@ -277,6 +280,44 @@ class ItemQueue(Generic[T]):
             yield item
         finally:
             self.put(item)
+
+
+class NativeQueue(Generic[T]):
+    """The backend's own FIFO queue of ready items: what a user writes by hand.
+
+    An ``asyncio.Queue`` on asyncio and uvloop, a trio memory channel on trio:
+    no anyio layer, no health check, no capacity logic beyond the items.
+    """
+
+    __slots__ = ("_get", "_put")
+
+    def __init__(self, capacity: int) -> None:
+        self._get: Callable[[], Awaitable[T]]
+        self._put: Callable[[T], None]
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            import trio
+
+            send, receive = trio.open_memory_channel[T](capacity)
+            self._get, self._put = receive.receive, send.send_nowait
+        else:
+            queue: asyncio.Queue[T] = asyncio.Queue(capacity)
+            self._get, self._put = queue.get, queue.put_nowait
+
+    async def get(self) -> T:
+        return await self._get()
+
+    def put(self, item: T) -> None:
+        self._put(item)
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[T]:
+        item = await self._get()
+        try:
+            yield item
+        finally:
+            self._put(item)
 
 
 class UnboundedDeque(Generic[T]):
@@ -486,12 +527,19 @@ def queued(
     tasks: int,
     rounds: int,
     round_trip: Callable[[T], Awaitable[None]],
+    *,
+    native: bool = False,
 ) -> ContenderFactory:
-    """A queue of ``connections`` connections; ``tasks`` x ``rounds`` round trips, one get each."""
+    """A queue of ``connections`` connections; ``tasks`` x ``rounds`` round trips, one get each.
+
+    An anyio memory object stream, or with ``native`` the backend's own queue.
+    """
 
     @asynccontextmanager
     async def factory() -> AsyncIterator[Segment]:
-        queue: ItemQueue[T] = ItemQueue(connections)
+        queue: ItemQueue[T] | NativeQueue[T] = (
+            NativeQueue(connections) if native else ItemQueue(connections)
+        )
         async with AsyncExitStack() as stack:
             for _ in range(connections):
                 queue.put(await stack.enter_async_context(open_one()))
@@ -628,6 +676,94 @@ async def scenario_overhead(ctx: Context) -> None:
         ctx.add(name, "us_per_cycle", seconds / (cycles * segments) * 1e6)
 
 
+# -- 8. contended hand-off, in memory ------------------------------------------------------------
+
+CONTENDED_POOL = "anyio_wspool, generic fake resource"
+CONTENDED_FLOOR = "floor: CapacityLimiter + deque"
+CONTENDED_NATIVE = "the backend's own queue (asyncio.Queue, trio memory channel)"
+
+
+@scenario(
+    "8", CONTENDED_FLOOR,
+    [Metric("us_per_cycle", US, "lower", 2)],
+    [
+        Target(f"contended hand-off ≤ 1.0{X} the floor",
+               CONTENDED_POOL, "us_per_cycle <= 1.0", CONTENDED_FLOOR),
+        Target("against the backend's own queue",
+               CONTENDED_POOL, "us_per_cycle <= 1.0", CONTENDED_NATIVE, role="reported"),
+    ],
+)  # fmt: skip
+async def scenario_contended(ctx: Context) -> None:
+    """Contended hand-off, in memory
+
+    64 tasks share 16 resources of a generic connector (no sockets): each
+    cycle takes one, passes one checkpoint, and gives it back, so that nearly
+    every acquisition waits and nearly every release hands the resource to a
+    waiter, which is what a busy pool does around a fast client. The floor is
+    `anyio.CapacityLimiter` + a deque; the backend's own queue
+    (`asyncio.Queue`, a trio memory channel) is what a user writes by hand
+    without anyio.
+    """
+    sizes = ctx.sizes
+    tasks, resources, segments = sizes.echo_tasks, sizes.echo_connections, sizes.segments
+    rounds = max(1, sizes.contended_cycles // tasks // segments)
+
+    @asynccontextmanager
+    async def pool() -> AsyncIterator[Segment]:
+        async with open_pool(connect=fake_resource, max_connections=resources) as pool:
+            await warm_pool(pool, resources)
+            lease = pool.connection
+
+            async def one_round() -> None:
+                async with lease():
+                    await anyio.lowlevel.checkpoint()
+
+            yield borrowers_segment(tasks, rounds, one_round)
+
+    @asynccontextmanager
+    async def floor() -> AsyncIterator[Segment]:
+        limiter = anyio.CapacityLimiter(resources)
+        idle: deque[object] = deque(object() for _ in range(resources))
+
+        async def one_round() -> None:
+            async with limiter:
+                item = idle.pop()
+                await anyio.lowlevel.checkpoint()
+                idle.append(item)
+
+        yield borrowers_segment(tasks, rounds, one_round)
+
+    @asynccontextmanager
+    async def native() -> AsyncIterator[Segment]:
+        queue: NativeQueue[object] = NativeQueue(resources)
+        for _ in range(resources):
+            queue.put(object())
+        checkpoint = _native_checkpoint()
+
+        async def one_round() -> None:
+            item = await queue.get()
+            await checkpoint()
+            queue.put(item)
+
+        yield borrowers_segment(tasks, rounds, one_round)
+
+    contenders = {CONTENDED_POOL: pool, CONTENDED_FLOOR: floor, CONTENDED_NATIVE: native}
+    totals = await interleave(contenders, segments, ctx.rep)
+    for name, seconds in totals.items():
+        ctx.add(name, "us_per_cycle", seconds / (tasks * rounds * segments) * 1e6)
+
+
+def _native_checkpoint() -> Callable[[], Awaitable[None]]:
+    """The backend's own checkpoint: ``asyncio.sleep(0)``, ``trio.lowlevel.checkpoint``."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        return trio.lowlevel.checkpoint
+    return partial(asyncio.sleep, 0)
+
+
 # -- 2. pooled echo (httpx-ws) ------------------------------------------------------------------
 
 ECHO_POOL = "anyio_wspool, httpx-ws"
@@ -738,14 +874,24 @@ async def scenario_echo(ctx: Context) -> None:
 
 CONNECTOR_POOL = "anyio_wspool connect=websockets"
 CONNECTOR_QUEUE = "queue of 16 websockets connections"
+CONNECTOR_NATIVE = "asyncio.Queue (trio: memory channel) of 16 websockets connections"
+CONNECTOR_BURST_POOL = "anyio_wspool, connect=websockets, 10 connections"
+CONNECTOR_BURST_NATIVE = "asyncio.Queue (trio: memory channel) of 10 websockets connections"
 
 
 @scenario(
     "3", CONNECTOR_QUEUE,
-    [Metric("round_trips_per_s", RATE, "higher", 0)],
+    [
+        Metric("round_trips_per_s", RATE, "higher", 0),
+        Metric("burst_ms", "2,000 borrowers, ms", "lower", 1, baseline=CONNECTOR_BURST_NATIVE),
+    ],
     [
         Target(f"connect=websockets ≥ 0.95{X} queue of websockets connections",
                CONNECTOR_POOL, "round_trips_per_s >= 0.95", CONNECTOR_QUEUE),
+        Target(f"connect=websockets ≥ 0.95{X} the backend's own queue",
+               CONNECTOR_POOL, "round_trips_per_s >= 0.95", CONNECTOR_NATIVE),
+        Target(f"2,000 borrowers on 10 connections ≤ 1.05{X} the backend's own queue",
+               CONNECTOR_BURST_POOL, "burst_ms <= 1.05", CONNECTOR_BURST_NATIVE),
     ],
 )  # fmt: skip
 async def scenario_connector(ctx: Context) -> None:
@@ -754,7 +900,11 @@ async def scenario_connector(ctx: Context) -> None:
     The workload of scenario 2 with `open_pool(connect=...)` around the
     `websockets` library's client (its asyncio client on asyncio and uvloop,
     its trio client on trio), against the same FIFO queue of 16 `websockets`
-    connections.
+    connections (an anyio memory object stream) and against the queue a
+    `websockets` user writes by hand: an `asyncio.Queue` (on trio a trio
+    memory channel). Then the fairness shape on that stack: a burst of 2,000
+    borrowers, one round trip each, on 10 connections, total time of the
+    burst against the hand-written queue's.
     """
     sizes = ctx.sizes
     tasks, connections, segments = sizes.echo_tasks, sizes.echo_connections, sizes.segments
@@ -775,10 +925,29 @@ async def scenario_connector(ctx: Context) -> None:
             echo_websockets,
         ),
         CONNECTOR_QUEUE: queued(connector, connections, tasks, rounds, echo_websockets),
+        CONNECTOR_NATIVE: queued(
+            connector, connections, tasks, rounds, echo_websockets, native=True
+        ),
     }
     totals = await interleave(contenders, segments, ctx.rep)
     for name, seconds in totals.items():
         ctx.add(name, "round_trips_per_s", tasks * rounds * segments / seconds)
+    burst, burst_connections = sizes.fairness_tasks, sizes.fairness_connections
+    bursts = {
+        CONNECTOR_BURST_POOL: pooled(
+            lambda: open_pool(connect=connector, max_connections=burst_connections),
+            burst_connections,
+            burst,
+            1,
+            echo_websockets,
+        ),
+        CONNECTOR_BURST_NATIVE: queued(
+            connector, burst_connections, burst, 1, echo_websockets, native=True
+        ),
+    }
+    totals = await interleave(bursts, segments, ctx.rep)
+    for name, seconds in totals.items():
+        ctx.add(name, "burst_ms", seconds / segments * 1e3)
 
 
 # -- 4. fairness under contention ------------------------------------------------------------
