@@ -564,11 +564,13 @@ class WebSocketPool(Generic[R]):
             )
 
     async def _acquire(self, fresh: bool) -> Conn[R]:
-        await self._checkpoint_if_cancelled()
         if self._closing or not self._entered:
             self._check_open()
         if fresh or self._waiters:
-            return await self._wait(fresh)
+            return await self._wait(fresh)  # (the wait is the cancellation point)
+        # Like anyio's own primitives: a cancelled borrower takes nothing, even
+        # when it would not have to wait. (No yield when not cancelled.)
+        await self._checkpoint_if_cancelled()
         conn = self._take_idle()
         if conn is None:
             return await self._wait(fresh)
