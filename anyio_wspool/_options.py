@@ -23,8 +23,6 @@ __all__ = ("Config", "PoolOptions", "WsOptions", "configure", "parse_options")
 NOT_YET_BUILT = frozenset(
     {
         "max_connecting",
-        "max_waiting",
-        "lifetime_margin",
         "failure_threshold",
         "failure_window",
         "circuit_reset",
@@ -65,6 +63,8 @@ class PoolOptions(TypedDict, total=False):
     retry_backoff_max: float
     idle_timeout: float | None
     max_lifetime: float | None
+    lifetime_margin: float
+    max_waiting: int | None
     refresh_on_acquire: bool
     cleanup_interval: float
     check_on_acquire: bool
@@ -147,6 +147,10 @@ def _count(minimum: int) -> Callable[[str, Any], int]:
     return lambda name, value: check_int(name, value, minimum=minimum)
 
 
+def _count_or_none(minimum: int) -> Callable[[str, Any], int | None]:
+    return lambda name, value: None if value is None else check_int(name, value, minimum=minimum)
+
+
 def _seconds(*, allow_none: bool = False, allow_zero: bool = False) -> Callable[[str, Any], Any]:
     return lambda name, value: check_seconds(
         name, value, allow_none=allow_none, allow_zero=allow_zero
@@ -170,6 +174,8 @@ class Config:
     retry_backoff_max: float = _option(10.0, _seconds())
     idle_timeout: float | None = _option(60.0, _seconds(allow_none=True))
     max_lifetime: float | None = _option(None, _seconds(allow_none=True))
+    lifetime_margin: float = _option(0.0, _seconds(allow_zero=True))
+    max_waiting: int | None = _option(None, _count_or_none(0))
     refresh_on_acquire: bool = _option(False, check_bool)
     cleanup_interval: float = _option(5.0, _seconds())
     check_on_acquire: bool = _option(False, check_bool)
@@ -246,6 +252,14 @@ def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
         raise TypeError(
             "check_on_acquire=True pings a WebSocket before lending it: it applies to a pool "
             "given a uri, not to one given connect="
+        )
+    if config.lifetime_margin and (
+        config.max_lifetime is None or config.lifetime_margin >= 0.9 * config.max_lifetime
+    ):
+        raise ValueError(
+            f"lifetime_margin={config.lifetime_margin} needs a max_lifetime of which it is "
+            "less than 90 % (a connection's lifetime is drawn between 90 % and 100 % of "
+            f"max_lifetime, here {config.max_lifetime}): no connection could ever be lent"
         )
     return config
 

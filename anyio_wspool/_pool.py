@@ -36,7 +36,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._backend import Signal, bind
 from ._conn import TRANSITIONS, Conn, Reason, State
 from ._dispatch import Dispatcher
-from ._errors import PoolClosed, PoolError, PoolTimeout
+from ._errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout
 from ._host import ConnectionHost
 from ._options import PoolOptions, WsOptions, check_int, check_seconds, configure
 from ._redact import describe_error
@@ -198,6 +198,8 @@ class WebSocketPool(Generic[R]):
         self._prepare_on_release = config.drain_on_release or config.on_release is not None
         #: whether a new connection is drained before its first lease
         self._prime = config.drain_on_release and config.on_connect is not None
+        #: a connection with less lifetime left than this is not lent
+        self._margin = config.lifetime_margin
         #: runs on_drained; None when there is no callback
         self._dispatcher = Dispatcher() if config.on_drained is not None else None
         #: bumped by invalidate(): connections of an older generation are not lent again
@@ -622,7 +624,7 @@ class WebSocketPool(Generic[R]):
         """
         if not self._connector.usable(conn.resource):
             return Reason.SERVER_CLOSED
-        if conn.expires_at != math.inf and self._now() >= conn.expires_at:
+        if conn.expires_at != math.inf and self._now() >= conn.expires_at - self._margin:
             return Reason.EXPIRED
         if conn.generation != self._generation:
             return Reason.INVALIDATED
@@ -670,16 +672,35 @@ class WebSocketPool(Generic[R]):
         """
         if self._closing:
             self._check_open()
-        timeout = self._config.acquire_timeout
+        config = self._config
+        timeout = config.acquire_timeout
         waiters = self._waiters
-        if (
-            timeout == 0
-            and not (fresh and self._idle)  # an idle connection can make room
-            and self._capacity - len(self._conns)
-            <= len(waiters) - self._counts[_CONNECTING] - self._priming + len(self._paused)
-        ):
-            self._counters.acquire_timeouts += 1
-            raise self._timeout_error(0.0)
+        if timeout == 0 or (config.max_waiting is not None and not first):
+            # How many waiters (this one included) no connection being opened,
+            # nor room to open one, nor an idle one to close, would serve.
+            for_capacity = (
+                len(waiters)
+                + 1
+                - self._counts[_CONNECTING]
+                - self._priming
+                + len(self._paused)
+                - (self._capacity - len(self._conns))
+            )
+            if for_capacity > 0 and not (fresh and self._idle):
+                if timeout == 0:
+                    self._counters.acquire_timeouts += 1
+                    raise self._timeout_error(0.0)
+                if (
+                    not first
+                    and config.max_waiting is not None
+                    and for_capacity > config.max_waiting
+                ):
+                    self._counters.overloaded += 1
+                    raise PoolOverloaded(
+                        f"{config.max_waiting} borrowers are already waiting for a connection "
+                        f"to {self._connector.target} (max_waiting={config.max_waiting}; "
+                        f"{describe_gauges(self.stats)})"
+                    )
         if deadline is None:
             deadline = self._now() + timeout if timeout else math.inf
         waiter: Waiter[R] = Waiter(fresh, self._signal(), deadline)

@@ -47,6 +47,8 @@ class PoolStats:
     discarded: int
     #: borrowers that gave up after ``acquire_timeout``
     acquire_timeouts: int
+    #: borrowers turned away at once because ``max_waiting`` were waiting
+    overloaded: int
     #: server messages read by the pool on idle or released connections
     drained_messages: int
 
@@ -65,6 +67,7 @@ class Counters:
     reused: int = 0
     discarded: int = 0
     acquire_timeouts: int = 0
+    overloaded: int = 0
     drained_messages: int = 0
 
 

@@ -9,8 +9,16 @@ from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 from httpx_ws import AsyncWebSocketSession
 
-from anyio_wspool import PoolClosed, PoolStats, PoolTimeout, WebSocketPool, open_pool
+from anyio_wspool import (
+    PoolClosed,
+    PoolOverloaded,
+    PoolStats,
+    PoolTimeout,
+    WebSocketPool,
+    open_pool,
+)
 
+from ._util import until
 from ._wsserver import WSServer
 
 pytestmark = pytest.mark.anyio
@@ -274,3 +282,32 @@ async def test_each_waiter_gets_its_own_acquire_timeout(ws_server: WSServer) -> 
     # each waited its whole acquire_timeout (timer resolution aside), not the head's
     assert 0.18 <= waited["first"] < 2
     assert 0.18 <= waited["second"] < 2
+
+
+async def test_max_waiting_turns_away_exactly_the_one_too_many(ws_server: WSServer) -> None:
+    async with open_pool(ws_server.url, max_connections=1, max_waiting=3) as pool:
+        held = await pool.acquire()
+        waiting: list[anyio.CancelScope] = []
+
+        async def wait_for_one(scope: anyio.CancelScope) -> None:
+            with scope:
+                await pool.acquire()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                scope = anyio.CancelScope()
+                waiting.append(scope)
+                tg.start_soon(wait_for_one, scope)
+            await until(lambda: pool.stats.waiting == 3)
+            with pytest.raises(PoolOverloaded, match="max_waiting=3"):
+                await pool.acquire()
+            assert pool.stats.overloaded == 1
+            assert pool.stats.waiting == 3
+            for scope in waiting:
+                scope.cancel()
+        await pool.release(held)
+        # with room to open a connection, nobody waits for capacity
+        async with open_pool(ws_server.url, max_connections=2, max_waiting=0) as other:
+            async with other.connection(), other.connection():
+                with pytest.raises(PoolOverloaded):
+                    await other.acquire()

@@ -370,3 +370,25 @@ async def test_connections_closed_right_after_opening_are_replaced_with_back_off
         # a tight loop makes these handshakes within milliseconds
         assert elapsed >= 0.25, elapsed
         assert pool.stats.connect_failures + pool.stats.closed >= 3
+
+
+async def test_lifetime_margin_retires_a_connection_too_close_to_its_end(
+    ws_server: WSServer,
+) -> None:
+    # max_lifetime 1 s (deadline drawn between 0.9 and 1 s), margin 0.8 s: a
+    # lease of 0.2 s leaves less than the margin, so it is not lent again.
+    async with open_pool(
+        ws_server.url, max_lifetime=1.0, lifetime_margin=0.8, idle_timeout=None
+    ) as pool:
+        async with pool.connection() as first:
+            await echo(first)
+            await anyio.sleep(0.2)  # the lease's length
+        async with pool.connection() as second:
+            assert second is not first
+            await echo(second)
+        assert ws_server.handshakes == 2
+    async with open_pool(ws_server.url, max_lifetime=60.0, lifetime_margin=1.0) as pool:
+        async with pool.connection() as first:
+            await echo(first)
+        async with pool.connection() as again:
+            assert again is first  # plenty of lifetime left: lent again

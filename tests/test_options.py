@@ -65,8 +65,6 @@ def test_bad_option_is_refused_naming_it(
     "option",
     [
         "max_connecting",
-        "max_waiting",
-        "lifetime_margin",
         "failure_threshold",
         "failure_window",
         "circuit_reset",
@@ -142,3 +140,15 @@ def test_httpx_ws_options_do_not_apply_to_a_generic_pool() -> None:
 def test_client_must_be_an_httpx_async_client() -> None:
     with httpx.Client() as sync_client, pytest.raises(TypeError, match=r"httpx\.AsyncClient"):
         open_pool(URL, client=sync_client)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lifetime_margin": 1.0},
+        {"lifetime_margin": 9.0, "max_lifetime": 10.0},
+    ],
+)
+def test_a_lifetime_margin_that_would_lend_nothing_is_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="lifetime_margin"):
+        open_pool(URL, **options)
