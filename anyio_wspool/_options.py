@@ -26,7 +26,6 @@ NOT_YET_BUILT = frozenset(
         "failure_threshold",
         "failure_window",
         "circuit_reset",
-        "lease_warning",
         "on_event",
     }
 )
@@ -65,6 +64,7 @@ class PoolOptions(TypedDict, total=False):
     max_lifetime: float | None
     lifetime_margin: float
     max_waiting: int | None
+    lease_warning: float | None
     refresh_on_acquire: bool
     cleanup_interval: float
     check_on_acquire: bool
@@ -176,6 +176,7 @@ class Config:
     max_lifetime: float | None = _option(None, _seconds(allow_none=True))
     lifetime_margin: float = _option(0.0, _seconds(allow_zero=True))
     max_waiting: int | None = _option(None, _count_or_none(0))
+    lease_warning: float | None = _option(None, _seconds(allow_none=True))
     refresh_on_acquire: bool = _option(False, check_bool)
     cleanup_interval: float = _option(5.0, _seconds())
     check_on_acquire: bool = _option(False, check_bool)

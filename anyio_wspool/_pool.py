@@ -38,6 +38,7 @@ from ._conn import TRANSITIONS, Conn, Reason, State
 from ._dispatch import Dispatcher
 from ._errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout
 from ._host import ConnectionHost
+from ._leases import LeaseWatch
 from ._options import PoolOptions, WsOptions, check_int, check_seconds, configure
 from ._redact import describe_error
 from ._stats import COUNTER_NAMES, Counters, PoolStats, describe_gauges
@@ -200,6 +201,8 @@ class WebSocketPool(Generic[R]):
         self._prime = config.drain_on_release and config.on_connect is not None
         #: a connection with less lifetime left than this is not lent
         self._margin = config.lifetime_margin
+        #: the leases held longer than lease_warning are logged (None: off)
+        self._lease_watch: LeaseWatch | None = None
         #: runs on_drained; None when there is no callback
         self._dispatcher = Dispatcher() if config.on_drained is not None else None
         #: bumped by invalidate(): connections of an older generation are not lent again
@@ -423,6 +426,10 @@ class WebSocketPool(Generic[R]):
         self._now = backend.now
         self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._signal = backend.signal
+        if self._config.lease_warning is not None:
+            self._lease_watch = LeaseWatch(
+                self._config.lease_warning, self._now, self._connector.target
+            )
         await self._connector.start()
         outer = anyio.create_task_group()
         try:
@@ -755,6 +762,8 @@ class WebSocketPool(Generic[R]):
         if conn.lent_before:
             counters.reused += 1
         conn.lent_before = True
+        if self._lease_watch is not None:
+            self._lease_watch.add(conn)
 
     def _give_back(self, conn: Conn[R], reason: Reason | None) -> None:
         """A lent connection comes back, to be closed for ``reason`` if there is one.
@@ -1064,7 +1073,7 @@ class WebSocketPool(Generic[R]):
         conn.wake.set()
 
     async def _run_services(self) -> None:
-        """The pool's own periodic work, ended by aclose(): the sweep, acquire timeouts."""
+        """The pool's own periodic work, ended by aclose(): the sweep, acquire timeouts, leases."""
         config = self._config
         assert self._service_scope is not None
         with self._service_scope:
@@ -1078,6 +1087,10 @@ class WebSocketPool(Generic[R]):
                     )
                 if config.idle_timeout is not None or config.max_lifetime is not None:
                     tg.start_soon(self._sweep_forever, name="anyio_wspool sweep")
+                if self._lease_watch is not None:
+                    tg.start_soon(
+                        self._lease_watch.run, self._event_class, name="anyio_wspool leases"
+                    )
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -8,8 +8,10 @@ outcome is done on the servers' counters, never with a bare sleep.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import httpx
@@ -22,6 +24,9 @@ from ._util import until, wait_closed
 from ._wsserver import WSServer
 
 pytestmark = pytest.mark.anyio
+
+#: this file's lines (test_lease_warning_names_the_task_and_the_line_once looks one up)
+SOURCE = Path(__file__).read_text().splitlines()
 
 
 async def echo(ws: AsyncWebSocketSession, text: str = "x") -> None:
@@ -392,3 +397,36 @@ async def test_lifetime_margin_retires_a_connection_too_close_to_its_end(
             await echo(first)
         async with pool.connection() as again:
             assert again is first  # plenty of lifetime left: lent again
+
+
+async def test_lease_warning_names_the_task_and_the_line_once(
+    ws_server: WSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="anyio_wspool")
+    async with open_pool(ws_server.url, lease_warning=0.2) as pool:
+        async with pool.connection() as quick:  # shorter than lease_warning: nothing
+            await echo(quick)
+        held = anyio.Event()
+        logged = anyio.Event()
+
+        async def forgetful() -> None:
+            async with pool.connection() as ws:  # LEASE-LINE
+                held.set()
+                await echo(ws)
+                await logged.wait()
+
+        def warnings() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "lease_warning" in r.getMessage()]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forgetful, name="the forgetful task")
+            await held.wait()
+            await until(lambda: bool(warnings()), limit=5)
+            await anyio.sleep(0.3)  # more than lease_warning again: still once
+            logged.set()
+    records = warnings()
+    assert len(records) == 1
+    message = records[0].getMessage()
+    assert "the forgetful task" in message
+    line = next(n for n, text in enumerate(SOURCE, 1) if text.endswith("# LEASE-LINE"))
+    assert f"{__file__}:{line}" in message

@@ -68,7 +68,6 @@ def test_bad_option_is_refused_naming_it(
         "failure_threshold",
         "failure_window",
         "circuit_reset",
-        "lease_warning",
         "on_event",
     ],
 )
