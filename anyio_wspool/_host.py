@@ -69,7 +69,15 @@ class Keeper(Protocol[R]):
 class ConnectionHost(Generic[R]):
     """The host tasks of one pool: :meth:`run` is the body of each."""
 
-    __slots__ = ("_config", "_connector", "_counters", "_event_class", "_keeper", "_rng")
+    __slots__ = (
+        "_config",
+        "_connector",
+        "_counters",
+        "_event_class",
+        "_handshakes",
+        "_keeper",
+        "_rng",
+    )
 
     def __init__(
         self,
@@ -85,6 +93,10 @@ class ConnectionHost(Generic[R]):
         self._keeper = keeper
         self._event_class = event_class
         self._rng = random.Random()
+        #: max_connecting: a slot for each handshake in flight, taken in order
+        self._handshakes = (
+            anyio.Semaphore(config.max_connecting) if config.max_connecting is not None else None
+        )
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...).
@@ -180,31 +192,53 @@ class ConnectionHost(Generic[R]):
         Returns the error of ``on_connect`` (or the server's close during it),
         raised by the caller outside the session, whose task group would wrap
         it; returns None when the attempt timed out (``scope``) or the
-        connection was served and retired.
+        connection was served and retired. With ``max_connecting`` the attempt
+        first takes a handshake slot, in order, and gives it back once the
+        connection is open (``on_connect`` included) or the attempt is over.
         """
         config = self._config
         connector = self._connector
+        handshakes = self._handshakes
+        held = False
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                assert handshakes is not None
+                handshakes.release()
+
+        if handshakes is not None:
+            # Queued behind the handshakes in flight; retiring the connection
+            # cancels the wait. connect_timeout starts when the attempt does.
+            await handshakes.acquire()
+            held = True
+            scope.deadline = anyio.current_time() + config.connect_timeout
         hook_error: Exception | None = None
-        with scope:
-            async with connector.open() as resource:
-                if config.on_connect is not None:
-                    try:
-                        await await_user(config.on_connect(resource), "on_connect")
-                    except Exception as exc:
-                        hook_error = exc
-                if hook_error is None and not connector.usable(resource):
-                    # Closed by the server during the handshake or on_connect:
-                    # a failed attempt, with its close code (retried if the
-                    # code says it may help).
-                    hook_error = connector.closed_error(resource)
-                if hook_error is None:
-                    # Connected: the deadline now only bounds the close.
-                    scope.deadline = math.inf
-                    conn.scope = None
-                    conn.resource = resource
-                    self._keeper._connected(conn)
-                    await self._serve(conn)
-                    scope.deadline = anyio.current_time() + config.close_timeout
+        try:
+            with scope:
+                async with connector.open() as resource:
+                    if config.on_connect is not None:
+                        try:
+                            await await_user(config.on_connect(resource), "on_connect")
+                        except Exception as exc:
+                            hook_error = exc
+                    if hook_error is None and not connector.usable(resource):
+                        # Closed by the server during the handshake or
+                        # on_connect: a failed attempt, with its close code
+                        # (retried if the code says it may help).
+                        hook_error = connector.closed_error(resource)
+                    if hook_error is None:
+                        release()
+                        # Connected: the deadline now only bounds the close.
+                        scope.deadline = math.inf
+                        conn.scope = None
+                        conn.resource = resource
+                        self._keeper._connected(conn)
+                        await self._serve(conn)
+                        scope.deadline = anyio.current_time() + config.close_timeout
+        finally:
+            release()
         return hook_error
 
     async def _serve(self, conn: Conn[R]) -> None:

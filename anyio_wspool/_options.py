@@ -22,7 +22,6 @@ __all__ = ("Config", "PoolOptions", "WsOptions", "configure", "parse_options")
 #: options of the documented API that a later version implements: refused until they work
 NOT_YET_BUILT = frozenset(
     {
-        "max_connecting",
         "failure_threshold",
         "failure_window",
         "circuit_reset",
@@ -64,6 +63,7 @@ class PoolOptions(TypedDict, total=False):
     max_lifetime: float | None
     lifetime_margin: float
     max_waiting: int | None
+    max_connecting: int | None
     lease_warning: float | None
     refresh_on_acquire: bool
     cleanup_interval: float
@@ -176,6 +176,7 @@ class Config:
     max_lifetime: float | None = _option(None, _seconds(allow_none=True))
     lifetime_margin: float = _option(0.0, _seconds(allow_zero=True))
     max_waiting: int | None = _option(None, _count_or_none(0))
+    max_connecting: int | None = _option(4, _count_or_none(1))
     lease_warning: float | None = _option(None, _seconds(allow_none=True))
     refresh_on_acquire: bool = _option(False, check_bool)
     cleanup_interval: float = _option(5.0, _seconds())

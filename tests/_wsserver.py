@@ -78,6 +78,7 @@ class Faults(TypedDict, total=False):
     push_delay: float
     silent: bool
     answer_pings: bool
+    handshake_delay: float
     stop_reading: bool
     echo: bool
     accept_subprotocol: str | None
@@ -137,10 +138,12 @@ class WSServer:
         "close_timeout",
         "closes_received",
         "echo",
+        "handshake_delay",
         "handshakes",
         "last_request_headers",
         "last_subprotocols",
         "max_open",
+        "max_upgrading",
         "messages_received",
         "open_connections",
         "ping_after_close",
@@ -153,6 +156,7 @@ class WSServer:
         "silent",
         "stop_reading",
         "tcp_accepted",
+        "upgrading",
         "url",
     )
 
@@ -167,6 +171,9 @@ class WSServer:
         # counters
         self.tcp_accepted: int = 0
         self.handshakes: int = 0
+        #: upgrades requested and not answered yet (with handshake_delay), and their peak
+        self.upgrading: int = 0
+        self.max_upgrading: int = 0
         self.rejected: int = 0
         self.open_connections: int = 0
         self.max_open: int = 0
@@ -183,6 +190,8 @@ class WSServer:
         self.push_delay: float = 0.0
         self.silent: bool = False
         self.answer_pings: bool = True
+        # Seconds the server takes to answer each upgrade request.
+        self.handshake_delay: float = 0.0
         self.stop_reading: bool = False
         self.echo: bool = True
         self.accept_subprotocol: str | None = None
@@ -398,6 +407,14 @@ class WSServer:
 
         offered = self.accept_subprotocol in request.subprotocols
         subprotocol = self.accept_subprotocol if offered else None
+        if self.handshake_delay:
+            # An upgrade in flight: requested, not answered yet.
+            self.upgrading += 1
+            self.max_upgrading = max(self.max_upgrading, self.upgrading)
+            try:
+                await anyio.sleep(self.handshake_delay)
+            finally:
+                self.upgrading -= 1
         conn.is_open = True
         self.open_connections += 1
         self.max_open = max(self.max_open, self.open_connections)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
@@ -311,3 +313,31 @@ async def test_max_waiting_turns_away_exactly_the_one_too_many(ws_server: WSServ
             async with other.connection(), other.connection():
                 with pytest.raises(PoolOverloaded):
                     await other.acquire()
+
+
+@pytest.mark.parametrize("max_connecting", [1, 4])
+async def test_max_connecting_bounds_the_handshakes_in_flight(
+    ws_server: WSServer, max_connecting: int
+) -> None:
+    # A cold start: 40 borrowers on an empty pool of 40, against a server that
+    # takes 20 ms to answer each upgrade. The server counts the upgrades it has
+    # not answered yet: never more than max_connecting, and every borrower served.
+    ws_server.handshake_delay = 0.02
+    served = 0
+
+    async def borrow(pool: WebSocketPool[Any]) -> None:
+        nonlocal served
+        async with pool.connection() as ws:
+            await ws.send_text("x")
+            assert await ws.receive_text() == "x"
+            served += 1
+
+    with anyio.fail_after(10):
+        async with open_pool(
+            ws_server.url, max_connections=40, max_connecting=max_connecting
+        ) as pool:
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+                    tg.start_soon(borrow, pool)
+    assert served == 40
+    assert ws_server.max_upgrading == max_connecting

@@ -64,7 +64,6 @@ def test_bad_option_is_refused_naming_it(
 @pytest.mark.parametrize(
     "option",
     [
-        "max_connecting",
         "failure_threshold",
         "failure_window",
         "circuit_reset",
