@@ -20,16 +20,32 @@ from ._errors import PoolError as PoolError
 from ._errors import PoolOverloaded as PoolOverloaded
 from ._errors import PoolTimeout as PoolTimeout
 from ._errors import PoolUnavailable as PoolUnavailable
+from ._events import AcquiredEvent as AcquiredEvent
+from ._events import CircuitClosedEvent as CircuitClosedEvent
+from ._events import CircuitOpenedEvent as CircuitOpenedEvent
+from ._events import ConnectedEvent as ConnectedEvent
+from ._events import ConnectFailedEvent as ConnectFailedEvent
+from ._events import PoolEvent as PoolEvent
+from ._events import ReleasedEvent as ReleasedEvent
+from ._events import RetiredEvent as RetiredEvent
 from ._pool import WebSocketPool as WebSocketPool
 from ._stats import PoolStats as PoolStats
 
 __all__ = (
+    "AcquiredEvent",
+    "CircuitClosedEvent",
+    "CircuitOpenedEvent",
+    "ConnectFailedEvent",
+    "ConnectedEvent",
     "PoolClosed",
     "PoolError",
+    "PoolEvent",
     "PoolOverloaded",
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
+    "ReleasedEvent",
+    "RetiredEvent",
     "WebSocketPool",
     "open_pool",
 )

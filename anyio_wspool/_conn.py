@@ -108,22 +108,29 @@ class Conn(Generic[R]):
     """One connection's record: its state and what its host task needs."""
 
     __slots__ = (
+        "attempt",
+        "attempt_started",
         "background",
+        "close_code",
         "delay",
         "expires_at",
         "generation",
         "idle_since",
         "last_data",
         "lease",
+        "lent_at",
         "lent_before",
         "lifetime",
         "listed",
         "opened",
         "opened_at",
+        "probe",
         "reason",
         "resource",
         "scope",
+        "server_closed",
         "state",
+        "uses",
         "wake",
     )
 
@@ -149,11 +156,24 @@ class Conn(Generic[R]):
         self.opened = False
         self.opened_at = 0.0
         self.lent_before = False
+        #: leases granted on it so far
+        self.uses = 0
         #: lent by acquire(), and so listed for release()
         self.listed = False
         #: incremented at each lend, so that a lease can tell it is still current
         self.lease = 0
         self.reason = Reason.POOL_CLOSED
+        #: the attempt under way (1, 2, ...) and when it started, for on_event
+        self.attempt = 0
+        self.attempt_started = 0.0
+        #: when it was last lent, for on_event (-1: no lease being observed)
+        self.lent_at = -1.0
+        #: the circuit breaker's probe (the one connection allowed after circuit_reset)
+        self.probe = False
+        #: recorded when it is retired: whether the server (or the network) had
+        #: closed it already, and the server's close code if it sent one
+        self.server_closed = False
+        self.close_code: int | None = None
         #: what a retirement must stop: connecting, backing off, on_connect,
         #: on_release, the drain, a check_on_acquire ping (None otherwise)
         self.scope: anyio.CancelScope | None = None

@@ -83,6 +83,10 @@ class Connector(Generic[R]):
         """Why a resource that is no longer :meth:`usable` died (the server's close code)."""
         return ConnectionError(f"the connection to {self.target} was closed")
 
+    def close_code(self, resource: R) -> int | None:
+        """The close code the server sent on a resource that is no longer :meth:`usable`."""
+        return None
+
     def park(self, resource: R, sink: Sink) -> None:
         """The resource goes back to the pool: unread and later messages go to ``sink``."""
 

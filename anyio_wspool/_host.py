@@ -32,7 +32,6 @@ from ._redact import describe_error
 if TYPE_CHECKING:
     from ._connector import Connector
     from ._options import Config
-    from ._stats import Counters
 
 __all__ = ("ConnectionHost", "Keeper")
 
@@ -46,6 +45,9 @@ class Keeper(Protocol[R]):
 
     def _connected(self, conn: Conn[R]) -> None:
         """``conn.resource`` opened (``on_connect`` included): lend it, keep it or close it."""
+
+    def _attempt_failed(self, conn: Conn[R], error: Exception, retrying: bool) -> None:
+        """Attempt number ``conn.attempt`` failed; another follows if ``retrying``."""
 
     def _connect_failed(self, conn: Conn[R], error: Exception) -> None:
         """Every attempt failed; ``error`` is the last one's."""
@@ -72,7 +74,6 @@ class ConnectionHost(Generic[R]):
     __slots__ = (
         "_config",
         "_connector",
-        "_counters",
         "_event_class",
         "_handshakes",
         "_keeper",
@@ -83,13 +84,11 @@ class ConnectionHost(Generic[R]):
         self,
         config: Config,
         connector: Connector[R],
-        counters: Counters,
         keeper: Keeper[R],
         event_class: type[anyio.Event],
     ) -> None:
         self._config = config
         self._connector = connector
-        self._counters = counters
         self._keeper = keeper
         self._event_class = event_class
         self._rng = random.Random()
@@ -138,6 +137,7 @@ class ConnectionHost(Generic[R]):
                 await keeper._pause(conn, conn.delay)
             while True:
                 attempt += 1
+                conn.attempt = attempt
                 scope = anyio.CancelScope(deadline=anyio.current_time() + config.connect_timeout)
                 try:
                     # (The connector is user code too, with connect=.)
@@ -159,8 +159,9 @@ class ConnectionHost(Generic[R]):
                     if conn.opened:
                         return
                     error = connector.timeout_error(config.connect_timeout)
-                self._counters.connect_failures += 1
-                if attempt >= config.connect_attempts or not connector.is_transient(error):
+                retrying = attempt < config.connect_attempts and connector.is_transient(error)
+                keeper._attempt_failed(conn, error, retrying)
+                if not retrying:
                     break
                 delay = self.backoff(attempt)
                 logger.info(
@@ -214,6 +215,7 @@ class ConnectionHost(Generic[R]):
             await handshakes.acquire()
             held = True
             scope.deadline = anyio.current_time() + config.connect_timeout
+        conn.attempt_started = anyio.current_time()
         hook_error: Exception | None = None
         try:
             with scope:

@@ -290,6 +290,9 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
     def closed_error(self, resource: PooledWebSocketSession) -> Exception:
         return resource.pool_closed_error()
 
+    def close_code(self, resource: PooledWebSocketSession) -> int | None:
+        return resource.pool_close_code
+
     def park(self, resource: PooledWebSocketSession, sink: Sink) -> None:
         resource.pool_park(sink)
 

@@ -20,14 +20,7 @@ from ._httpx_ws import HttpxWsConnector, check_httpx_option, check_uri
 __all__ = ("Config", "PoolOptions", "WsOptions", "configure", "parse_options")
 
 #: options of the documented API that a later version implements: refused until they work
-NOT_YET_BUILT = frozenset(
-    {
-        "failure_threshold",
-        "failure_window",
-        "circuit_reset",
-        "on_event",
-    }
-)
+NOT_YET_BUILT: frozenset[str] = frozenset()
 
 #: keywords handed to httpx-ws's connect (and through it to ``AsyncClient.stream``)
 WS_OPTIONS = frozenset(
@@ -65,6 +58,10 @@ class PoolOptions(TypedDict, total=False):
     max_waiting: int | None
     max_connecting: int | None
     lease_warning: float | None
+    failure_threshold: int | None
+    failure_window: float
+    circuit_reset: float
+    on_event: Callable[[Any], object] | None
     refresh_on_acquire: bool
     cleanup_interval: float
     check_on_acquire: bool
@@ -178,6 +175,10 @@ class Config:
     max_waiting: int | None = _option(None, _count_or_none(0))
     max_connecting: int | None = _option(4, _count_or_none(1))
     lease_warning: float | None = _option(None, _seconds(allow_none=True))
+    failure_threshold: int | None = _option(None, _count_or_none(1))
+    failure_window: float = _option(5.0, _seconds())
+    circuit_reset: float = _option(10.0, _seconds())
+    on_event: Callable[[Any], object] | None = _option(None, check_callable)
     refresh_on_acquire: bool = _option(False, check_bool)
     cleanup_interval: float = _option(5.0, _seconds())
     check_on_acquire: bool = _option(False, check_bool)

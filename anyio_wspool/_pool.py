@@ -34,9 +34,21 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._backend import Signal, bind
+from ._circuit import Circuit, CircuitState
 from ._conn import TRANSITIONS, Conn, Reason, State
 from ._dispatch import Dispatcher
-from ._errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout
+from ._errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable
+from ._events import (
+    AcquiredEvent,
+    CircuitClosedEvent,
+    CircuitOpenedEvent,
+    ConnectedEvent,
+    ConnectFailedEvent,
+    PoolEvent,
+    ReleasedEvent,
+    RetiredEvent,
+    error_type,
+)
 from ._host import ConnectionHost
 from ._leases import LeaseWatch
 from ._options import PoolOptions, WsOptions, check_int, check_seconds, configure
@@ -56,9 +68,18 @@ R = TypeVar("R")
 
 _CONNECTING, _IDLE, _LENT, _DRAINING, _CLOSING, _CLOSED = State
 
-#: seconds: a connection the server closes sooner than this after it opened
-#: counts as a failure for the back-off of the connections opened after it
-SHORT_LIVED = 5.0
+#: close codes by which a server says it is going away, restarting, or too busy
+#: for now (RFC 6455 §7.4.1, IANA): the next connections back off
+RESTART_CODES = frozenset({1001, 1012, 1013})
+
+
+def is_fatal_close(code: int | None) -> bool:
+    """A close that another attempt will not fix: a policy violation, or an application's code.
+
+    1008 (policy violation) and 4000-4999 (the application's own codes, such
+    as "unauthorised" or "quota exceeded").
+    """
+    return code is not None and (code == 1008 or 4000 <= code <= 4999)
 
 
 class _Lease(Generic[R]):
@@ -75,7 +96,11 @@ class _Lease(Generic[R]):
     async def __aenter__(self) -> R:
         if self._conn is not None:
             raise RuntimeError("this pool.connection() context manager is already in use")
-        conn = await self._pool._acquire(self._fresh)
+        pool = self._pool
+        if pool._emit is None:
+            conn = await pool._acquire(self._fresh)
+        else:
+            conn = await pool._acquire_observed(self._fresh)
         self._conn = conn
         self._lease = conn.lease
         return conn.resource
@@ -203,14 +228,38 @@ class WebSocketPool(Generic[R]):
         self._margin = config.lifetime_margin
         #: the leases held longer than lease_warning are logged (None: off)
         self._lease_watch: LeaseWatch | None = None
-        #: runs on_drained; None when there is no callback
-        self._dispatcher = Dispatcher() if config.on_drained is not None else None
+        #: runs on_drained and on_event; None when there is no callback
+        self._dispatcher = (
+            Dispatcher() if config.on_drained is not None or config.on_event is not None else None
+        )
+        #: gives an event to on_event through the dispatcher (None: no on_event)
+        self._emit: Callable[[PoolEvent], None] | None = None
+        if config.on_event is not None:
+            on_event = config.on_event
+            dispatcher = self._dispatcher
+            assert dispatcher is not None
+
+            def emit(event: PoolEvent) -> None:
+                dispatcher.submit("on_event", on_event, event)
+
+            self._emit = emit
+        #: the circuit breaker (None: off)
+        self._circuit = (
+            Circuit(config.failure_threshold, config.failure_window, config.circuit_reset)
+            if config.failure_threshold is not None
+            else None
+        )
+        #: after a close that says the server is restarting (RESTART_CODES): no
+        #: connection starts before this moment, and the delay doubles while
+        #: such closes keep coming
+        self._connect_after = 0.0
+        self._restart_backoff = 0.0
         #: bumped by invalidate(): connections of an older generation are not lent again
         self._generation = 0
         #: delay before the next background (re)connection, after failures
         self._warm_delay = 0.0
         #: connections in a row that the server closed soon after they opened
-        #: (within SHORT_LIVED s): while there are any, opening one does not
+        #: (within failure_window s): while there are any, opening one does not
         #: reset the background back-off
         self._short_lived = 0
         self._last_connect_error: Exception | None = None
@@ -265,10 +314,14 @@ class WebSocketPool(Generic[R]):
         stays lent until the pool closes (then it is closed, with a warning).
         Raises what :meth:`connection` raises.
         """
+        if self._emit is not None:
+            return self._list(await self._acquire_observed(False))
         return self._list(await self._acquire(False))
 
     async def acquire_new(self) -> R:
         """Like :meth:`acquire`, with a newly opened connection (see :meth:`new_connection`)."""
+        if self._emit is not None:
+            return self._list(await self._acquire_observed(True))
         return self._list(await self._acquire(True))
 
     def _list(self, conn: Conn[R]) -> R:
@@ -407,6 +460,7 @@ class WebSocketPool(Generic[R]):
             draining=counts[_DRAINING],
             closing=counts[_CLOSING],
             waiting=len(self._waiters),
+            circuit=CircuitState.CLOSED if self._circuit is None else self._circuit.state,
             **{name: getattr(counters, name) for name in COUNTER_NAMES},
         )
 
@@ -445,9 +499,7 @@ class WebSocketPool(Generic[R]):
             self._tasks_scope.cancel()
             await self._leave(type(exc), exc, exc.__traceback__)
             raise
-        self._host = ConnectionHost(
-            self._config, self._connector, self._counters, self, self._event_class
-        )
+        self._host = ConnectionHost(self._config, self._connector, self, self._event_class)
         tg = self._tg
         assert tg is not None
         tg.start_soon(self._run_services, name="anyio_wspool services")
@@ -586,6 +638,16 @@ class WebSocketPool(Generic[R]):
         if self._config.check_on_acquire:
             return await self._acquire_checked(conn)
         self._count_lease(conn)
+        return conn
+
+    async def _acquire_observed(self, fresh: bool) -> Conn[R]:
+        """:meth:`_acquire` for a pool with ``on_event``: time the wait, emit the lease."""
+        started = self._now()
+        conn = await self._acquire(fresh)
+        now = self._now()
+        conn.lent_at = now
+        assert self._emit is not None
+        self._emit(AcquiredEvent(self._connector.target, now - started, conn.uses > 1))
         return conn
 
     async def _acquire_checked(self, conn: Conn[R]) -> Conn[R]:
@@ -759,6 +821,7 @@ class WebSocketPool(Generic[R]):
     def _count_lease(self, conn: Conn[R]) -> None:
         counters = self._counters
         counters.acquired += 1
+        conn.uses += 1
         if conn.lent_before:
             counters.reused += 1
         conn.lent_before = True
@@ -771,6 +834,15 @@ class WebSocketPool(Generic[R]):
         Synchronous: it never waits for I/O.
         """
         conn.lease += 1  # the lease that ends is no longer current
+        if conn.lent_at >= 0.0:
+            # Observed by on_event (a lease of _acquire_observed).
+            assert self._emit is not None
+            self._emit(
+                ReleasedEvent(
+                    self._connector.target, self._now() - conn.lent_at, reason is not None
+                )
+            )
+            conn.lent_at = -1.0
         if conn.listed:
             conn.listed = False
             key = id(conn.resource)
@@ -806,6 +878,13 @@ class WebSocketPool(Generic[R]):
             reason = Reason.RESIZED  # each connection holds one token
         if reason is not None:
             self._retire(conn, reason)
+            if not conn.lent_before and is_fatal_close(conn.close_code) and self._waiters:
+                # A new connection refused by the server's own code (unauthorised,
+                # quota exceeded) before its first lease: the borrower first in
+                # line gets that error, as for a failed attempt.
+                self._waiters.fail(
+                    self._waiters.first(), self._connector.closed_error(conn.resource)
+                )
             return
         waiters = self._waiters
         if waiters:
@@ -844,13 +923,30 @@ class WebSocketPool(Generic[R]):
 
     # -- what the host tasks report (see _host.Keeper) ----------------------------------
 
+    def _attempt_failed(self, conn: Conn[R], error: Exception, retrying: bool) -> None:
+        self._counters.connect_failures += 1
+        if self._emit is not None:
+            self._emit(
+                ConnectFailedEvent(
+                    self._connector.target, error_type(error), conn.attempt, retrying
+                )
+            )
+
     def _connected(self, conn: Conn[R]) -> None:
         config = self._config
         conn.opened = True
-        conn.opened_at = anyio.current_time()
+        now = conn.opened_at = anyio.current_time()
         self._counters.opened += 1
         if not self._short_lived:
             self._warm_delay = 0.0
+        self._restart_backoff = 0.0
+        if self._emit is not None:
+            self._emit(
+                ConnectedEvent(self._connector.target, now - conn.attempt_started, conn.attempt)
+            )
+        if conn.probe:
+            conn.probe = False
+            self._close_circuit()
         if config.max_lifetime is not None:
             assert self._host is not None
             conn.lifetime = self._host.lifetime(config.max_lifetime)
@@ -893,6 +989,7 @@ class WebSocketPool(Generic[R]):
                 self._connector.target,
                 describe_error(error),
             )
+        self._failure(error)
 
     def _back_off_background(self) -> None:
         """The next connection opened for no borrower waits longer (doubling, capped)."""
@@ -950,13 +1047,17 @@ class WebSocketPool(Generic[R]):
         if conn.opened:
             self._counters.closed += 1
             logger.debug("closed a connection to %s (%s)", self._connector.target, conn.reason)
-            if anyio.current_time() - conn.opened_at >= SHORT_LIVED:
-                self._short_lived = 0
-            elif conn.reason in (Reason.SERVER_CLOSED, Reason.FAILED):
-                # Accepted, then closed at once (an overloaded or refusing
-                # server): its replacement backs off like a failed attempt.
-                self._short_lived += 1
-                self._back_off_background()
+            if self._emit is not None:
+                self._emit(
+                    RetiredEvent(
+                        self._connector.target,
+                        str(conn.reason),
+                        conn.close_code,
+                        anyio.current_time() - conn.opened_at,
+                    )
+                )
+        elif conn.probe and self._circuit is not None:
+            self._circuit.probe_failed_quietly()  # abandoned: the next borrower probes
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
         if self._closing:
@@ -1012,16 +1113,24 @@ class WebSocketPool(Generic[R]):
         for_waiters = len(waiters) - connecting + len(paused)
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
         uncovered = max(for_waiters, for_others)
+        circuit = self._circuit
         # (Checked first: at a full pool, every new waiter comes through here.)
         while uncovered > 0 and len(self._conns) < self._capacity:
-            # Background openings back off after failures; borrowers never wait.
+            probe = False
+            if circuit is not None and circuit.state is not CircuitState.CLOSED:
+                if not circuit.may_start(self._now()):
+                    break
+                probe = True  # the first connection after circuit_reset
+            # Background openings back off after failures; borrowers do not
+            # wait, unless the server said it is restarting.
             background = for_waiters <= 0
+            delay = self._warm_delay if background else 0.0
+            if self._connect_after:
+                delay = max(delay, self._connect_after - self._now())
             conn: Conn[R] = Conn(
-                self._event_class(),
-                self._generation,
-                background=background,
-                delay=self._warm_delay if background else 0.0,
+                self._event_class(), self._generation, background=background, delay=delay
             )
+            conn.probe = probe
             if not background:
                 self._wanted += 1
             self._start(conn)
@@ -1036,9 +1145,11 @@ class WebSocketPool(Generic[R]):
         # A full pool: borrowers that asked for a new connection get room by
         # closing the idle connections that waited longest.
         for_waiters -= counts[_CLOSING]
-        while for_waiters > 0 and self._idle and waiters.first().fresh:
+        while for_waiters > 0 and self._idle and waiters and waiters.first().fresh:
             self._retire(next(iter(self._idle)), Reason.MAKE_ROOM)
             for_waiters -= 1
+        if circuit is not None and waiters and circuit.blocks(self._now()):
+            self._shed()
 
     def _start(self, conn: Conn[R]) -> None:
         self._counts[_CONNECTING] += 1
@@ -1071,6 +1182,126 @@ class WebSocketPool(Generic[R]):
         conn.reason = reason
         self._set_state(conn, _CLOSING)
         conn.wake.set()
+        if conn.opened:
+            self._judge(conn)
+
+    def _judge(self, conn: Conn[R]) -> None:
+        """What a connection that was open says about the server, as it is retired.
+
+        One that lived ``failure_window`` seconds is a success (it resets the
+        back-off and the circuit breaker's count). One that the server closed
+        (or that broke) sooner is a failure, like a failed attempt. A close
+        code saying the server is going away or restarting makes the next
+        connections back off.
+        """
+        connector = self._connector
+        resource = conn.resource
+        if not connector.usable(resource):
+            conn.server_closed = True
+            conn.close_code = connector.close_code(resource)
+        if self._closing:
+            return
+        window = self._config.failure_window
+        if self._now() - conn.opened_at >= window:
+            self._short_lived = 0
+            if self._circuit is not None:
+                self._circuit.lived(conn.opened_at + window)
+        elif conn.server_closed or conn.reason in (Reason.SERVER_CLOSED, Reason.FAILED):
+            # Accepted, then closed at once (an overloaded or refusing server):
+            # its replacement backs off like a failed attempt.
+            self._short_lived += 1
+            self._back_off_background()
+            self._failure(connector.closed_error(resource))
+        if conn.close_code in RESTART_CODES:
+            config = self._config
+            self._restart_backoff = min(
+                config.retry_backoff_max, max(config.retry_backoff, 2 * self._restart_backoff)
+            )
+            self._connect_after = max(self._connect_after, self._now() + self._restart_backoff)
+            logger.info(
+                "the server closed a connection to %s with code %d; new connections wait %.2f s",
+                connector.target,
+                conn.close_code,
+                self._restart_backoff,
+            )
+
+    # -- the circuit breaker ----------------------------------------------------------
+
+    def _failure(self, error: Exception) -> None:
+        """Count a failure (every attempt failed, or closed young) for the circuit breaker."""
+        circuit = self._circuit
+        if circuit is None or self._closing:
+            return
+        now = self._now()
+        window = circuit.window
+        # A connection still open that has lived failure_window seconds since
+        # the last failure breaks the run of failures.
+        for conn in self._conns:
+            if conn.opened and conn.state < _CLOSING and now - conn.opened_at >= window:
+                circuit.lived(conn.opened_at + window)
+        if circuit.failed(now, error):
+            self._counters.circuit_opened += 1
+            logger.warning(
+                "%d connection(s) to %s failed in a row (the last: %s); the circuit breaker is "
+                "open: for %g s, borrowers that need a new connection fail at once",
+                circuit.failures,
+                self._connector.target,
+                describe_error(error),
+                circuit.reset,
+            )
+            if self._emit is not None:
+                self._emit(
+                    CircuitOpenedEvent(
+                        self._connector.target, circuit.failures, error_type(error), circuit.reset
+                    )
+                )
+            self._shed()
+
+    def _close_circuit(self) -> None:
+        """The probe opened: the circuit closes."""
+        circuit = self._circuit
+        assert circuit is not None
+        was_open = circuit.probe_opened(self._now())
+        logger.warning(
+            "a connection to %s opened after %.1f s; the circuit breaker is closed",
+            self._connector.target,
+            was_open,
+        )
+        if self._emit is not None:
+            self._emit(CircuitClosedEvent(self._connector.target, was_open))
+
+    def _shed(self) -> None:
+        """The circuit is open: fail the waiters that need a new connection.
+
+        At a full pool every waiter waits for a connection to come back, as
+        always. Otherwise the first waiters, as many as there are connections
+        being opened or being prepared for a lend (drained), keep their place;
+        the others would get a new connection: they fail at once with
+        :class:`PoolUnavailable`.
+        """
+        if len(self._conns) >= self._capacity:
+            return
+        counts = self._counts
+        keep = counts[_CONNECTING] + counts[_DRAINING]
+        if len(self._waiters) > keep:
+            self._waiters.fail_beyond(keep, self._unavailable_error)
+
+    def _unavailable_error(self) -> PoolUnavailable:
+        circuit = self._circuit
+        assert circuit is not None
+        self._counters.unavailable += 1
+        if circuit.state is CircuitState.HALF_OPEN:
+            when = "a probe connection is being opened"
+        else:
+            left = max(circuit.reset_at - self._now(), 0.0)
+            when = f"a probe connection will be tried in {left:.1f} s"
+        error = PoolUnavailable(
+            f"the circuit breaker of the pool to {self._connector.target} is open after "
+            f"{circuit.failures} connection failure(s) in a row; {when} "
+            f"({describe_gauges(self.stats)})"
+        )
+        error.__cause__ = circuit.last_error
+        return error
 
     async def _run_services(self) -> None:
         """The pool's own periodic work, ended by aclose(): the sweep, acquire timeouts, leases."""

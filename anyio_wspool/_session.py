@@ -108,6 +108,8 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         # raises after the buffered messages have been read
         self._terminal: HTTPXWSException | None = None
         self._sink: Sink | None = None
+        #: whether the server started the closing handshake (its code is the terminal's)
+        self._closed_by_server = False
         self._on_dead: Callable[[], None] | None = None
         self._reader_started = False
         self._reader_done = anyio.Event()
@@ -125,6 +127,14 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         self.close_timeout = close_timeout
         if self._terminal is not None:
             on_dead()
+
+    @property
+    def pool_close_code(self) -> int | None:
+        """The code of the server's close frame, if the server closed the connection."""
+        terminal = self._terminal
+        if isinstance(terminal, WebSocketDisconnect) and self._closed_by_server:
+            return terminal.code
+        return None
 
     def pool_closed_error(self) -> Exception:
         """What ended the connection: the server's close (with its code) or the network."""
@@ -292,6 +302,11 @@ class PooledWebSocketSession(AsyncWebSocketSession):
                 elif isinstance(event, CloseConnection):
                     # The server's code is recorded before the answer is
                     # written: a send racing with that write reports it.
+                    if (
+                        self._terminal is None
+                        and self.connection.state is ConnectionState.REMOTE_CLOSING
+                    ):
+                        self._closed_by_server = True  # not the answer to our close
                     self._fail(WebSocketDisconnect(event.code, event.reason))
                     if self.connection.state is ConnectionState.REMOTE_CLOSING:
                         await self._write(self.connection.send(event.response()))

@@ -32,6 +32,8 @@ class PoolStats:
     closing: int
     #: borrowers waiting for a connection
     waiting: int
+    #: the circuit breaker: ``closed`` (or no breaker), ``open`` or ``half_open``
+    circuit: str
     #: connections whose handshake succeeded
     opened: int
     #: opened connections that have been closed since
@@ -51,6 +53,10 @@ class PoolStats:
     overloaded: int
     #: server messages read by the pool on idle or released connections
     drained_messages: int
+    #: times the circuit breaker opened
+    circuit_opened: int
+    #: borrowers turned away at once because the circuit breaker was open
+    unavailable: int
 
 
 PoolStats.__module__ = "anyio_wspool"
@@ -69,6 +75,8 @@ class Counters:
     acquire_timeouts: int = 0
     overloaded: int = 0
     drained_messages: int = 0
+    circuit_opened: int = 0
+    unavailable: int = 0
 
 
 #: the names of the counter fields, in PoolStats' order
@@ -81,4 +89,5 @@ def describe_gauges(stats: PoolStats) -> str:
         f"max_connections={stats.max_connections}: {stats.connecting} connecting, "
         f"{stats.idle} idle, {stats.in_use} in use, {stats.draining} draining, "
         f"{stats.closing} closing | {stats.waiting} waiting"
+        + ("" if stats.circuit == "closed" else f" | circuit {stats.circuit}")
     )

@@ -99,6 +99,14 @@ class WaiterQueue(Generic[R]):
             waiter.error = error()
             waiter.event.set()
 
+    def fail_beyond(self, keep: int, error: Callable[[], BaseException]) -> None:
+        """Wake every waiter but the first ``keep``, each with an error of its own."""
+        waiters = list(self._queue)[keep:]
+        for waiter in waiters:
+            del self._queue[waiter]
+            waiter.error = error()
+            waiter.event.set()
+
     async def expire(
         self, on_expired: Callable[[Waiter[R]], BaseException], event_class: type[anyio.Event]
     ) -> None:

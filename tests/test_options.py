@@ -62,17 +62,28 @@ def test_bad_option_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(
-    "option",
+    ("options", "error", "names"),
     [
-        "failure_threshold",
-        "failure_window",
-        "circuit_reset",
-        "on_event",
+        ({"failure_threshold": 0}, ValueError, "failure_threshold"),
+        ({"failure_threshold": 2.5}, TypeError, "failure_threshold"),
+        ({"failure_window": 0}, ValueError, "failure_window"),
+        ({"circuit_reset": "10"}, TypeError, "circuit_reset"),
+        ({"on_event": "print"}, TypeError, "on_event"),
     ],
 )
-def test_option_not_built_yet_is_refused_not_ignored(option: str) -> None:
-    with pytest.raises(NotImplementedError, match=option):
-        open_pool(URL, **{option: 1})  # type: ignore[call-overload]
+def test_bad_production_option_is_refused_naming_it(
+    options: dict[str, Any], error: type[Exception], names: str
+) -> None:
+    with pytest.raises(error, match=names):
+        open_pool(URL, **options)
+
+
+def test_option_not_built_yet_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anyio_wspool import _options
+
+    monkeypatch.setattr(_options, "NOT_YET_BUILT", frozenset({"max_connections"}))
+    with pytest.raises(NotImplementedError, match="max_connections"):
+        open_pool(URL, max_connections=3)
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,7 @@ def test_scrub_error_masks_the_error_and_its_chain_in_place() -> None:
 
 def _host(**options: float) -> ConnectionHost[object]:
     config = Config(**options)  # type: ignore[arg-type]
-    return ConnectionHost(config, None, None, None, None)  # type: ignore[arg-type]
+    return ConnectionHost(config, None, None, None)  # type: ignore[arg-type]
 
 
 @given(
