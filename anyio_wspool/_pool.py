@@ -940,7 +940,7 @@ class WebSocketPool(Generic[R]):
         if not self._short_lived:
             self._warm_delay = 0.0
         self._restart_backoff = 0.0
-        if self._emit is not None:
+        if self._emit is not None and conn.state is _CONNECTING:
             self._emit(
                 ConnectedEvent(self._connector.target, now - conn.attempt_started, conn.attempt)
             )
@@ -1047,15 +1047,6 @@ class WebSocketPool(Generic[R]):
         if conn.opened:
             self._counters.closed += 1
             logger.debug("closed a connection to %s (%s)", self._connector.target, conn.reason)
-            if self._emit is not None:
-                self._emit(
-                    RetiredEvent(
-                        self._connector.target,
-                        str(conn.reason),
-                        conn.close_code,
-                        anyio.current_time() - conn.opened_at,
-                    )
-                )
         elif conn.probe and self._circuit is not None:
             self._circuit.probe_failed_quietly()  # abandoned: the next borrower probes
         self._set_state(conn, _CLOSED)
@@ -1199,10 +1190,13 @@ class WebSocketPool(Generic[R]):
         if not connector.usable(resource):
             conn.server_closed = True
             conn.close_code = connector.close_code(resource)
+        age = self._now() - conn.opened_at
+        if self._emit is not None:
+            self._emit(RetiredEvent(connector.target, str(conn.reason), conn.close_code, age))
         if self._closing:
             return
         window = self._config.failure_window
-        if self._now() - conn.opened_at >= window:
+        if age >= window:
             self._short_lived = 0
             if self._circuit is not None:
                 self._circuit.lived(conn.opened_at + window)

@@ -9,10 +9,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from httpx_ws import WebSocketDisconnect
+from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError
 
 from anyio_wspool import PoolTimeout, PoolUnavailable, WebSocketPool, open_pool
 
+from ._util import until
 from ._wsserver import WSServer
 
 pytestmark = pytest.mark.anyio
@@ -188,13 +189,14 @@ async def test_full_pool_borrowers_wait_for_a_return_while_open() -> None:
     # come back, circuit or not.
     switch = _Switch()
     async with open_pool(
-        connect=switch, max_connections=1, failure_threshold=1, connect_attempts=1
+        connect=switch, max_connections=2, failure_threshold=1, connect_attempts=1
     ) as pool:
         held = await pool.acquire()
         switch.failing = True
         with pytest.raises(ConnectionRefusedError):
-            await pool.acquire_new()  # closes nothing (held is lent): a new one fails
+            await pool.acquire()
         assert pool.stats.circuit == "open"
+        pool.max_connections = 1  # now full: `held` is lent
         got: list[object] = []
 
         async def borrow() -> None:
@@ -296,9 +298,9 @@ async def test_handshake_answered_4xx_is_not_retried(ws_server: WSServer) -> Non
     ws_server.reject_status = 429
     with anyio.fail_after(10):
         async with open_pool(ws_server.url, connect_attempts=3, retry_backoff=0) as pool:
-            with pytest.raises(Exception) as info:
+            with pytest.raises(WebSocketUpgradeError) as info:
                 await pool.acquire()
-            assert info.value.response.status_code == 429  # type: ignore[attr-defined]
+            assert info.value.response.status_code == 429
             assert ws_server.rejected == 1
 
 
@@ -313,9 +315,9 @@ async def test_restart_code_makes_the_next_connection_back_off(
         async with open_pool(ws_server.url, retry_backoff=backoff) as pool:
             async with pool.connection():
                 pass
-            await ws_server.close_all(code)
-            await ws_server.wait_until(lambda: pool.stats.closed == 1)
             closed_at = anyio.current_time()
+            await ws_server.close_all(code)
+            await until(lambda: pool.stats.closed == 1)
             async with pool.connection() as ws:
                 await ws.send_text("x")
                 assert await ws.receive_text() == "x"
