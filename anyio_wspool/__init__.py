@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 from ._api import open_pool as open_pool
+from ._api import open_pool_group as open_pool_group
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolError as PoolError
 from ._errors import PoolOverloaded as PoolOverloaded
@@ -28,6 +29,7 @@ from ._events import ConnectFailedEvent as ConnectFailedEvent
 from ._events import PoolEvent as PoolEvent
 from ._events import ReleasedEvent as ReleasedEvent
 from ._events import RetiredEvent as RetiredEvent
+from ._group import WebSocketPoolGroup as WebSocketPoolGroup
 from ._pool import WebSocketPool as WebSocketPool
 from ._stats import PoolStats as PoolStats
 
@@ -47,7 +49,9 @@ __all__ = (
     "ReleasedEvent",
     "RetiredEvent",
     "WebSocketPool",
+    "WebSocketPoolGroup",
     "open_pool",
+    "open_pool_group",
 )
 
 __version__ = "0.1.0"

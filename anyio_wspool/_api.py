@@ -1,4 +1,4 @@
-"""The front door: :func:`open_pool`."""
+"""The front doors: :func:`open_pool` and :func:`open_pool_group`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any, TypeVar, Unpack, cast, overload
 import httpx
 from httpx_ws import AsyncWebSocketSession
 
+from ._group import WebSocketPoolGroup, make_group
 from ._options import PoolOptions, WsOptions
 from ._pool import WebSocketPool
 
-__all__ = ("open_pool",)
+__all__ = ("open_pool", "open_pool_group")
 
 R = TypeVar("R")
 
@@ -82,3 +83,40 @@ def open_pool(
     # The arguments were typed by the overloads above; WebSocketPool checks them.
     make = cast(Callable[..., WebSocketPool[Any]], WebSocketPool)
     return make(uri, connect=connect, close=close, client=client, **options)
+
+
+def open_pool_group(
+    *,
+    client: httpx.AsyncClient | None = None,
+    max_connections_per_key: int | None = None,
+    **options: Unpack[WsOptions],
+) -> WebSocketPoolGroup[AsyncWebSocketSession]:
+    """Create a group of pools, one per URI (or per key); use it as an async context manager.
+
+    Each pool is created the first time its URI (or key) is used, with the
+    options given here; ``max_connections`` (default 50) caps the group as a
+    whole and ``max_connections_per_key`` (default: the same) each pool. At
+    the group's cap, a borrower that needs a new connection gets room by the
+    closing of the connection of another key that has been idle longest, or
+    waits for one of any key to close. Every option is validated here.
+
+    Args:
+        client: an ``httpx.AsyncClient`` that every pool of the group connects
+            through (never closed by the group).
+        max_connections_per_key: the capacity of each key's pool.
+        **options: the pools' options, as for :func:`open_pool`.
+
+    Examples:
+        async with open_pool_group(max_connections=20, max_connections_per_key=8) as group:
+            async with group.connection("wss://stt.example/ws") as ws:
+                await ws.send_text("hello")
+            async with group.connection("wss://tts.example/ws") as ws:
+                await ws.send_text("hello")
+    """
+    pool_options: dict[str, Any] = dict(options)
+    max_connections = pool_options.pop("max_connections", 50)
+
+    def make_pool(uri: str | httpx.URL, capacity: int) -> WebSocketPool[AsyncWebSocketSession]:
+        return WebSocketPool(uri, client=client, **{**pool_options, "max_connections": capacity})
+
+    return make_group(max_connections, max_connections_per_key, make_pool, pool_options)

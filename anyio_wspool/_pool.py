@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     import httpx
     from httpx_ws import AsyncWebSocketSession
 
+    from ._group import GroupCapacity
+
 __all__ = ("WebSocketPool",)
 
 logger = logging.getLogger("anyio_wspool")
@@ -254,6 +256,8 @@ class WebSocketPool(Generic[R]):
         #: such closes keep coming
         self._connect_after = 0.0
         self._restart_backoff = 0.0
+        #: the capacity shared with the other pools of a group (None: alone)
+        self._shared: GroupCapacity | None = None
         #: bumped by invalidate(): connections of an older generation are not lent again
         self._generation = 0
         #: delay before the next background (re)connection, after failures
@@ -753,7 +757,7 @@ class WebSocketPool(Generic[R]):
                 - self._counts[_CONNECTING]
                 - self._priming
                 + len(self._paused)
-                - (self._capacity - len(self._conns))
+                - self._room()
             )
             if for_capacity > 0 and not (fresh and self._idle):
                 if timeout == 0:
@@ -898,10 +902,12 @@ class WebSocketPool(Generic[R]):
             waiters.serve(waiter, conn)
             return
         self._set_state(conn, _IDLE)
-        if self._config.idle_timeout is not None:
+        if self._config.idle_timeout is not None or self._shared is not None:
             conn.idle_since = self._now()
         self._idle[conn] = None
         self._connector.park(conn.resource, self._drained)
+        if self._shared is not None:
+            self._shared.idle_available()
 
     def _drained(self, event: Any) -> None:
         """Where server messages go that no borrower will read (idle or released).
@@ -1051,6 +1057,8 @@ class WebSocketPool(Generic[R]):
             self._circuit.probe_failed_quietly()  # abandoned: the next borrower probes
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
+        if self._shared is not None:
+            self._shared.give_back(conn)
         if self._closing:
             if not self._conns and self._all_closed is not None:
                 self._all_closed.set()
@@ -1063,6 +1071,14 @@ class WebSocketPool(Generic[R]):
             self._retire(conn, Reason.SERVER_CLOSED)
 
     # -- capacity and connections ---------------------------------------------------------
+
+    def _room(self) -> int:
+        """How many more connections could be started now (in a group: made room for)."""
+        room = self._capacity - len(self._conns)
+        shared = self._shared
+        if shared is not None:
+            room = min(room, shared.reclaimable(self))
+        return room
 
     def _open_count(self) -> int:
         counts = self._counts
@@ -1105,8 +1121,11 @@ class WebSocketPool(Generic[R]):
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
         uncovered = max(for_waiters, for_others)
         circuit = self._circuit
+        shared = self._shared
         # (Checked first: at a full pool, every new waiter comes through here.)
         while uncovered > 0 and len(self._conns) < self._capacity:
+            if shared is not None and not shared.has_room(self, uncovered):
+                break  # the group is full: queued for its capacity
             probe = False
             if circuit is not None and circuit.state is not CircuitState.CLOSED:
                 if not circuit.may_start(self._now()):
@@ -1124,6 +1143,8 @@ class WebSocketPool(Generic[R]):
             conn.probe = probe
             if not background:
                 self._wanted += 1
+            if shared is not None:
+                shared.take()
             self._start(conn)
             uncovered -= 1
             for_waiters -= 1
@@ -1273,7 +1294,7 @@ class WebSocketPool(Generic[R]):
         the others would get a new connection: they fail at once with
         :class:`PoolUnavailable`.
         """
-        if len(self._conns) >= self._capacity:
+        if self._room() <= 0:
             return
         counts = self._counts
         keep = counts[_CONNECTING] + counts[_DRAINING]

@@ -1,0 +1,427 @@
+"""Keyed pools: one pool per URI (or per key), under one cap for the whole group.
+
+:class:`WebSocketPoolGroup` creates a :class:`~._pool.WebSocketPool` the first
+time a key is used and keeps it until the group closes. Every pool of the
+group has the group's options, ``max_connections_per_key`` as its own
+capacity, and a share of one :class:`GroupCapacity`: ``max_connections``
+connections for the group as a whole, each held from the first attempt of a
+connection until its socket is closed, as a pool's own capacity is.
+
+At the group's cap a pool that needs a connection closes an idle connection of
+another key (the one that has been idle longest) and takes the capacity it
+gives back; when nothing is idle it waits, like at its own cap, for a
+connection of any key to close. Pools waiting for the group's capacity are
+served in turn, one connection at a time, so that a busy key does not starve
+the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._conn import Reason
+from ._errors import PoolClosed, PoolError
+from ._options import check_int, parse_options
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._conn import Conn
+    from ._pool import WebSocketPool
+
+__all__ = ("GroupCapacity", "WebSocketPoolGroup")
+
+R = TypeVar("R")
+
+
+class GroupCapacity:
+    """The capacity that the pools of a group share (synchronous bookkeeping)."""
+
+    __slots__ = ("_freeing", "_pools", "_waiting", "in_use", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: connections held by the group's pools (connecting to closing)
+        self.in_use = 0
+        self._pools: list[WebSocketPool[Any]] = []
+        #: pools that need capacity, in the order they asked (an ordered set)
+        self._waiting: OrderedDict[WebSocketPool[Any], None] = OrderedDict()
+        #: idle connections being closed to make room, until they are closed
+        self._freeing: set[Conn[Any]] = set()
+
+    def join(self, pool: WebSocketPool[Any]) -> None:
+        self._pools.append(pool)
+
+    def leave(self, pool: WebSocketPool[Any]) -> None:
+        self._pools.remove(pool)
+        self._waiting.pop(pool, None)
+
+    def has_room(self, pool: WebSocketPool[Any], needed: int) -> bool:
+        """Whether ``pool`` may start a connection now (``needed``: how many it wants).
+
+        If not, ``pool`` queues for capacity, and idle connections of other
+        keys are closed to make room for what it needs.
+        """
+        if self.in_use < self.limit:
+            return True
+        if pool not in self._waiting:
+            self._waiting[pool] = None
+        shortfall = needed - len(self._freeing)
+        while shortfall > 0:
+            victim = self._victim(pool)
+            if victim is None:
+                break
+            owner, conn = victim
+            self._freeing.add(conn)
+            owner._retire(conn, Reason.MAKE_ROOM)
+            shortfall -= 1
+        return False
+
+    def reclaimable(self, pool: WebSocketPool[Any]) -> int:
+        """Capacity that ``pool`` could get now: free, or held by idle connections of others."""
+        idle = sum(len(other._idle) for other in self._pools if other is not pool)
+        return self.limit - self.in_use + idle
+
+    def take(self) -> None:
+        self.in_use += 1
+
+    def give_back(self, conn: Conn[Any]) -> None:
+        """A connection of the group closed: the pools that wait for capacity get it in turn."""
+        self.in_use -= 1
+        self._freeing.discard(conn)
+        waiting = self._waiting
+        while waiting and self.in_use < self.limit:
+            pool, _ = waiting.popitem(last=False)
+            pool._grow()  # (queues again if it still needs more)
+
+    def idle_available(self) -> None:
+        """A connection went idle: a pool waiting for the group's capacity may close it."""
+        waiting = self._waiting
+        if waiting:
+            pool, _ = waiting.popitem(last=False)
+            pool._grow()  # (queues again, and makes room, if it still needs capacity)
+
+    def _victim(self, pool: WebSocketPool[Any]) -> tuple[WebSocketPool[Any], Conn[Any]] | None:
+        """The idle connection of another key that has been idle longest, if any.
+
+        A pool at or below its ``min_connections`` keeps its connections.
+        """
+        best: tuple[WebSocketPool[Any], Conn[Any]] | None = None
+        since = math.inf
+        for other in self._pools:
+            if other is pool or not other._idle or other._closing:
+                continue
+            if other._open_count() <= other._config.min_connections:
+                continue
+            conn = next(iter(other._idle))  # the longest idle of that pool
+            if conn.idle_since < since:
+                best, since = (other, conn), conn.idle_since
+        return best
+
+
+class _Member(Generic[R]):
+    """A pool of the group and what holds it open."""
+
+    __slots__ = ("done", "error", "pool", "ready", "uri")
+
+    def __init__(self, pool: WebSocketPool[R], uri: str | httpx.URL) -> None:
+        self.pool = pool
+        self.uri = uri
+        #: set once the pool is open (or failed to open)
+        self.ready = anyio.Event()
+        #: set to let the task that holds the pool leave it
+        self.done = anyio.Event()
+        #: why the pool could not be opened
+        self.error: Exception | None = None
+
+
+class WebSocketPoolGroup(Generic[R]):
+    """One pool per URI (or per key), created on first use, under one cap for all.
+
+    Create it with :func:`open_pool_group` and use it as an async context
+    manager: leaving it closes every pool (each with its own guarantees:
+    every connection closed, every task ended).
+
+    Examples:
+        async with open_pool_group(max_connections=20, max_connections_per_key=8) as group:
+            async with group.connection("wss://a.example/ws") as ws:
+                await ws.send_text("hello")
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[str | httpx.URL, int], WebSocketPool[R]],
+        max_connections: int,
+        max_connections_per_key: int,
+    ) -> None:
+        self._factory = factory
+        self._capacity = GroupCapacity(max_connections)
+        self._per_key = max_connections_per_key
+        self._members: dict[Hashable, _Member[R]] = {}
+        self._tg: TaskGroup | None = None
+        self._outer: TaskGroup | None = None
+        self._stopped: anyio.Event | None = None
+        self._entered = False
+        self._closing = False
+
+    # -- lending ---------------------------------------------------------------------
+
+    def connection(
+        self, uri: str | httpx.URL, *, key: Hashable | None = None
+    ) -> AbstractAsyncContextManager[R]:
+        """Lend a connection of the pool of ``key`` (by default, of ``uri``).
+
+        The pool is created on first use. Everything else is as
+        :meth:`WebSocketPool.connection`: the connection goes back on normal
+        exit, is closed if the block raises, and the borrower waits (first
+        come, first served) up to ``acquire_timeout`` when the key's pool or
+        the group is full.
+
+        Raises:
+            ValueError: ``key`` was used before with another URI.
+            PoolClosed: the group is closed.
+        """
+        return _GroupLease(self, uri, key, fresh=False)
+
+    def new_connection(
+        self, uri: str | httpx.URL, *, key: Hashable | None = None
+    ) -> AbstractAsyncContextManager[R]:
+        """Like :meth:`connection`, with a newly opened connection."""
+        return _GroupLease(self, uri, key, fresh=True)
+
+    async def acquire(self, uri: str | httpx.URL, *, key: Hashable | None = None) -> R:
+        """Take a connection without a block; give it back with :meth:`release`."""
+        return await (await self.pool(uri, key=key)).acquire()
+
+    async def acquire_new(self, uri: str | httpx.URL, *, key: Hashable | None = None) -> R:
+        """Like :meth:`acquire`, with a newly opened connection."""
+        return await (await self.pool(uri, key=key)).acquire_new()
+
+    async def release(self, connection: R, *, discard: bool = False) -> None:
+        """Give back a connection taken with :meth:`acquire`; ``discard=True`` closes it.
+
+        Raises:
+            PoolError: no pool of the group has ``connection`` lent.
+        """
+        for member in list(self._members.values()):
+            pool = member.pool
+            if pool._lent_conn(connection) is not None:
+                await pool.release(connection, discard=discard)
+                return
+        if self._closing:
+            return
+        raise PoolError(
+            f"release() was given {type(connection).__name__} object that no pool of this "
+            "group lent, or that was released already"
+        )
+
+    async def pool(self, uri: str | httpx.URL, *, key: Hashable | None = None) -> WebSocketPool[R]:
+        """The pool of ``key`` (by default, of ``uri``), opened now if it is new.
+
+        Raises:
+            ValueError: ``key`` was used before with another URI.
+            PoolClosed: the group is closed.
+        """
+        self._check_open()
+        if key is None:
+            key = str(uri)
+        member = self._members.get(key)
+        if member is None:
+            pool = self._factory(uri, self._per_key)
+            member = _Member(pool, uri)
+            self._members[key] = member
+            assert self._tg is not None
+            self._tg.start_soon(self._hold, member, name="anyio_wspool group member")
+        elif str(member.uri) != str(uri):
+            raise ValueError(
+                f"this group's key {key!r} is for another URI ({member.pool.uri}); "
+                "use another key for this one"
+            )
+        if not member.ready.is_set():
+            await member.ready.wait()
+        if member.error is not None:
+            raise member.error
+        if member.pool.is_closed:
+            raise PoolClosed("the pool group is closed")
+        return member.pool
+
+    async def _hold(self, member: _Member[R]) -> None:
+        """Hold one pool of the group open, from its first use to the group's end."""
+        pool = member.pool
+        pool._shared = self._capacity
+        self._capacity.join(pool)
+        try:
+            async with pool:
+                member.ready.set()
+                await member.done.wait()
+        except Exception as exc:
+            # Opening it failed: its borrowers get the error, the group goes on.
+            member.error = exc
+        finally:
+            self._capacity.leave(pool)
+            member.ready.set()
+
+    # -- the group -------------------------------------------------------------------
+
+    @property
+    def pools(self) -> Mapping[Hashable, WebSocketPool[R]]:
+        """The group's pools by key, as a new mapping (a snapshot)."""
+        return {key: member.pool for key, member in self._members.items()}
+
+    @property
+    def max_connections(self) -> int:
+        """The cap of the group as a whole."""
+        return self._capacity.limit
+
+    @property
+    def max_connections_per_key(self) -> int:
+        """The cap of each key's pool."""
+        return self._per_key
+
+    @property
+    def open_connections(self) -> int:
+        """Connections that the group's pools hold now (connecting to closing)."""
+        return self._capacity.in_use
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closing
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._members))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open" if self._entered else "not started"
+        return (
+            f"<WebSocketPoolGroup {state}: {len(self._members)} pool(s), "
+            f"{self._capacity.in_use} of max_connections={self._capacity.limit} held>"
+        )
+
+    def _check_open(self) -> None:
+        if self._closing or not self._entered:
+            raise PoolClosed(
+                "the pool group is closed"
+                if self._closing
+                else "the pool group is not open yet: use `async with open_pool_group(...)`"
+            )
+
+    async def aclose(self) -> None:
+        """Close every pool of the group (concurrently); idempotent."""
+        self._closing = True
+        members = list(self._members.values())
+        async with anyio.create_task_group() as tg:
+            for member in members:
+                tg.start_soon(member.pool.aclose)
+        for member in members:
+            member.done.set()
+
+    async def __aenter__(self) -> WebSocketPoolGroup[R]:
+        if self._entered:
+            raise RuntimeError("a pool group can be opened only once; create a new one")
+        self._entered = True
+        self._stopped = anyio.Event()
+        outer = self._outer = anyio.create_task_group()
+        await outer.__aenter__()
+        try:
+            await outer.start(self._run, name="anyio_wspool group")
+        except BaseException as exc:
+            await outer.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def _run(self, *, task_status: TaskStatus[None]) -> None:
+        # Shielded, as a pool's own tasks: the pools are closed by the group
+        # alone, in order, even when the scope around the group is cancelled.
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                assert self._stopped is not None
+                await self._stopped.wait()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        outer = self._outer
+        assert outer is not None
+        assert self._stopped is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+        finally:
+            self._stopped.set()
+            # Shielded: the group's task ends at once, and a cancellation of
+            # the scope around the group must not replace the exception
+            # leaving it (nor be wrapped with it in an ExceptionGroup).
+            outer.cancel_scope.shield = True
+            await outer.__aexit__(None, None, None)
+        if exc_type is None:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+
+
+class _GroupLease(Generic[R]):
+    """What ``group.connection()`` returns: the pool's own lease, once the pool is open."""
+
+    __slots__ = ("_fresh", "_group", "_key", "_lease", "_uri")
+
+    def __init__(
+        self, group: WebSocketPoolGroup[R], uri: str | httpx.URL, key: Hashable | None, fresh: bool
+    ) -> None:
+        self._group = group
+        self._uri = uri
+        self._key = key
+        self._fresh = fresh
+        self._lease: AbstractAsyncContextManager[R] | None = None
+
+    async def __aenter__(self) -> R:
+        if self._lease is not None:
+            raise RuntimeError("this group.connection() context manager is already in use")
+        pool = await self._group.pool(self._uri, key=self._key)
+        lease = pool.new_connection() if self._fresh else pool.connection()
+        resource = await lease.__aenter__()
+        self._lease = lease
+        return resource
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = self._lease
+        assert lease is not None
+        self._lease = None
+        await lease.__aexit__(exc_type, exc, tb)
+
+
+def make_group(
+    max_connections: int,
+    max_connections_per_key: int | None,
+    make_pool: Callable[[str | httpx.URL, int], WebSocketPool[R]],
+    options: Mapping[str, Any],
+) -> WebSocketPoolGroup[R]:
+    """Validate the group's own options and the pools' options; make the group."""
+    total = check_int("max_connections", max_connections, minimum=1)
+    per_key = (
+        total
+        if max_connections_per_key is None
+        else check_int("max_connections_per_key", max_connections_per_key, minimum=1)
+    )
+    if per_key > total:
+        raise ValueError(
+            f"max_connections_per_key={per_key} is more than the group's max_connections={total}"
+        )
+    parse_options({**options, "max_connections": per_key}, websocket=True)
+    return WebSocketPoolGroup(make_pool, total, per_key)
