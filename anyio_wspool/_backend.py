@@ -16,14 +16,20 @@ event loop from the moment it is entered, so it binds these once:
 
 A wake-up is set at most once and waited on by one task at most once, which is
 all a waiting borrower needs; anything waited on repeatedly keeps using
-``anyio.Event``.
+``anyio.Event``. On asyncio the wake-up *is* the future, made by the C
+``Future`` type directly and awaited as it is: a wrapper object, or the loop's
+``create_future`` method, would add Python calls to every hand-off, and a
+Python subclass of ``Future`` leaves the C task's fast path for bare futures.
+It is set through the backend's ``wake``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+import functools
+import time
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Protocol
 
 import anyio.lowlevel
 
@@ -31,45 +37,27 @@ __all__ = ("Backend", "Signal", "bind")
 
 
 class Signal(Protocol):
-    """A one-shot wake-up: :meth:`set` once, ``await wait()`` once."""
+    """A one-shot wake-up: awaited once, by one task; set once with ``Backend.wake``."""
 
-    def set(self) -> None: ...
-
-    def is_set(self) -> bool: ...
-
-    def wait(self) -> Awaitable[object]: ...
+    def __await__(self) -> Generator[Any, Any, Any]: ...
 
 
-class _FutureSignal:
-    """A one-shot wake-up on asyncio: one future, resolved by :meth:`set`."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self._future = future
-
-    def set(self) -> None:
-        if not self._future.done():  # done already when its waiter was cancelled
-            self._future.set_result(None)
-
-    def is_set(self) -> bool:
-        future = self._future
-        return future.done() and not future.cancelled()
-
-    def wait(self) -> asyncio.Future[None]:
-        return self._future
+def _wake_future(future: asyncio.Future[None]) -> None:
+    if not future.done():  # done already when its waiter was cancelled
+        future.set_result(None)
 
 
 class Backend:
     """The running backend's clock, cancellation check and wake-up, bound once."""
 
-    __slots__ = ("checkpoint_if_cancelled", "now", "signal")
+    __slots__ = ("checkpoint_if_cancelled", "now", "signal", "wake")
 
     def __init__(
         self,
         now: Callable[[], float],
         checkpoint_if_cancelled: Callable[[], Awaitable[None]],
         signal: Callable[[], Signal],
+        wake: Callable[[Any], None],
     ) -> None:
         #: the current time on the backend's clock
         self.now = now
@@ -77,6 +65,8 @@ class Backend:
         self.checkpoint_if_cancelled = checkpoint_if_cancelled
         #: a new one-shot wake-up
         self.signal = signal
+        #: set a wake-up made by ``signal`` (a no-op if its waiter was cancelled)
+        self.wake = wake
 
 
 def bind() -> Backend:
@@ -84,18 +74,20 @@ def bind() -> Backend:
     token = anyio.lowlevel.current_token()
     loop = token.native_token
     if isinstance(loop, asyncio.AbstractEventLoop):
-        create_future = loop.create_future
-
-        def signal() -> Signal:
-            return _FutureSignal(create_future())
-
-        return Backend(loop.time, token.backend_class.checkpoint_if_cancelled, signal)
+        # The default loop's clock is time.monotonic itself (its time() method
+        # is a Python call around it); another loop (uvloop) keeps its own.
+        now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        signal: Callable[[], Signal] = functools.partial(asyncio.Future, loop=loop)
+        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal, _wake_future)
     import trio  # the only other backend anyio runs on; imported only when running
 
-    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal())
+    trio_signal = _trio_signal()
+    return Backend(
+        trio.current_time, trio.lowlevel.checkpoint_if_cancelled, trio_signal, trio_signal.set
+    )
 
 
-def _trio_signal() -> Callable[[], Signal]:
+def _trio_signal() -> Any:
     """The one-shot wake-up on trio: the waiting task itself, rescheduled by ``set``.
 
     ``trio.Event`` keeps a set of waiting tasks and builds an attrs object per
@@ -124,10 +116,10 @@ def _trio_signal() -> Callable[[], Signal]:
                     self._task = None
                     reschedule(task)
 
-        def is_set(self) -> bool:
-            return self._done
+        def __await__(self) -> Generator[Any, Any, None]:
+            return self._wait().__await__()
 
-        async def wait(self) -> None:
+        async def _wait(self) -> None:
             if self._done:
                 await checkpoint()
                 return

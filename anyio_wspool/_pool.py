@@ -36,6 +36,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._backend import Signal, bind
 from ._circuit import Circuit, CircuitState
 from ._conn import TRANSITIONS, Conn, Reason, State
+from ._connector import Connector
 from ._dispatch import Dispatcher
 from ._errors import PoolClosed, PoolError, PoolOverloaded, PoolTimeout, PoolUnavailable
 from ._events import (
@@ -84,6 +85,10 @@ def is_fatal_close(code: int | None) -> bool:
     return code is not None and (code == 1008 or 4000 <= code <= 4999)
 
 
+def _not_open() -> Signal:
+    raise RuntimeError("the pool is not open")
+
+
 class _Lease(Generic[R]):
     """What ``pool.connection()`` returns: an async context manager for one lease."""
 
@@ -99,10 +104,13 @@ class _Lease(Generic[R]):
         if self._conn is not None:
             raise RuntimeError("this pool.connection() context manager is already in use")
         pool = self._pool
-        if pool._emit is None:
-            conn = await pool._acquire(self._fresh)
-        else:
+        if pool._emit is not None:
             conn = await pool._acquire_observed(self._fresh)
+        elif pool._waiters:
+            # A busy pool: straight to the queue, one coroutine less to resume.
+            conn = await pool._wait(self._fresh)
+        else:
+            conn = await pool._acquire(self._fresh)
         self._conn = conn
         self._lease = conn.lease
         return conn.resource
@@ -258,6 +266,20 @@ class WebSocketPool(Generic[R]):
         self._restart_backoff = 0.0
         #: the capacity shared with the other pools of a group (None: alone)
         self._shared: GroupCapacity | None = None
+        #: refresh_on_acquire, and the connector's usable and unpark (None when
+        #: they do nothing: a generic connector's resource is always usable)
+        self._refresh = config.refresh_on_acquire
+        self._usable: Callable[[R], bool] | None = (
+            None if type(connector).usable is Connector.usable else connector.usable
+        )
+        self._unpark: Callable[[R], None] | None = (
+            None if type(connector).unpark is Connector.unpark else connector.unpark
+        )
+        #: whether a new waiter is checked against acquire_timeout=0 and max_waiting
+        self._admission = config.acquire_timeout == 0 or config.max_waiting is not None
+        #: whether a borrower ever waited for a new connection (acquire_new):
+        #: until then, a hand-off need not look at the first waiter's wish
+        self._fresh_seen = False
         #: bumped by invalidate(): connections of an older generation are not lent again
         self._generation = 0
         #: delay before the next background (re)connection, after failures
@@ -279,7 +301,7 @@ class WebSocketPool(Generic[R]):
         self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
             anyio.lowlevel.checkpoint_if_cancelled
         )
-        self._signal: Callable[[], Signal] = anyio.Event
+        self._signal: Callable[[], Signal] = _not_open
 
     # -- public API -------------------------------------------------------------
 
@@ -484,6 +506,7 @@ class WebSocketPool(Generic[R]):
         self._now = backend.now
         self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._signal = backend.signal
+        self._waiters.wake = backend.wake
         if self._config.lease_warning is not None:
             self._lease_watch = LeaseWatch(
                 self._config.lease_warning, self._now, self._connector.target
@@ -695,7 +718,7 @@ class WebSocketPool(Generic[R]):
         closed it, keep-alive failed), when its lifetime is over, or when it was
         opened before :meth:`invalidate`.
         """
-        if not self._connector.usable(conn.resource):
+        if self._usable is not None and not self._usable(conn.resource):
             return Reason.SERVER_CLOSED
         if conn.expires_at != math.inf and self._now() >= conn.expires_at - self._margin:
             return Reason.EXPIRED
@@ -748,7 +771,7 @@ class WebSocketPool(Generic[R]):
         config = self._config
         timeout = config.acquire_timeout
         waiters = self._waiters
-        if timeout == 0 or (config.max_waiting is not None and not first):
+        if self._admission and not first:
             # How many waiters (this one included) no connection being opened,
             # nor room to open one, nor an idle one to close, would serve.
             for_capacity = (
@@ -776,15 +799,18 @@ class WebSocketPool(Generic[R]):
                     )
         if deadline is None:
             deadline = self._now() + timeout if timeout else math.inf
+        if fresh:
+            self._fresh_seen = True
         waiter: Waiter[R] = Waiter(fresh, self._signal(), deadline)
         waiters.add(waiter, first=first)
-        self._grow()
+        if len(self._conns) < self._capacity or self._paused or self._idle:
+            self._grow()  # (at a full pool with nothing to adopt or close: a no-op, skipped)
         try:
             # No cancel scope per waiter: the queue's expiry task fails those
             # whose acquire_timeout ran out. With acquire_timeout=0 the borrower
             # does not wait for a busy pool, but it does wait for the connection
             # opened for it.
-            await waiter.event.wait()
+            await waiter.event
         except BaseException:
             # Cancelled: leave no trace, and pass on a connection handed over
             # in the meantime.
@@ -817,10 +843,11 @@ class WebSocketPool(Generic[R]):
 
     def _lend(self, conn: Conn[R]) -> None:
         self._set_state(conn, _LENT)
-        if self._config.refresh_on_acquire and conn.lifetime != math.inf:
+        if self._refresh and conn.lifetime != math.inf:
             conn.expires_at = self._now() + conn.lifetime
         conn.lease += 1
-        self._connector.unpark(conn.resource)
+        if self._unpark is not None:
+            self._unpark(conn.resource)
 
     def _count_lease(self, conn: Conn[R]) -> None:
         counters = self._counters
@@ -892,14 +919,13 @@ class WebSocketPool(Generic[R]):
             return
         waiters = self._waiters
         if waiters:
-            waiter = waiters.first()
-            if waiter.fresh and conn.lent_before:
+            if conn.lent_before and self._fresh_seen and waiters.first().fresh:
                 # The first in line asked for a new connection: this one makes
                 # room for it (its capacity is reused once it is closed).
                 self._retire(conn, Reason.MAKE_ROOM)
                 return
             self._lend(conn)
-            waiters.serve(waiter, conn)
+            waiters.serve_first(conn)
             return
         self._set_state(conn, _IDLE)
         if self._config.idle_timeout is not None or self._shared is not None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ("Waiter", "WaiterQueue")
 
 R = TypeVar("R")
+
+
+def _unbound(event: Any) -> None:
+    raise RuntimeError("the pool is not open")
 
 
 class Waiter(Generic[R]):
@@ -44,68 +48,70 @@ class Waiter(Generic[R]):
         self.deadline = deadline
 
 
-class WaiterQueue(Generic[R]):
-    """The waiting borrowers, first come first served (O(1) removal of any of them)."""
+class WaiterQueue(OrderedDict["Waiter[R]", None]):
+    """The waiting borrowers, first come first served (O(1) removal of any of them).
 
-    __slots__ = ("_queue", "_wakeup")
+    An ordered dict of waiters itself, so that the hand-off path's ``if
+    waiters`` and ``len(waiters)`` are the dict's own C methods.
+    """
+
+    __slots__ = ("_wakeup", "wake")
 
     def __init__(self) -> None:
-        self._queue: OrderedDict[Waiter[R], None] = OrderedDict()
+        super().__init__()
+        #: sets a waiter's wake-up (the running backend's, bound when the pool opens)
+        self.wake: Callable[[Any], None] = _unbound
         #: set when a waiter joins an empty queue, to wake the expiry task
         self._wakeup: anyio.Event | None = None
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def __bool__(self) -> bool:
-        return bool(self._queue)
-
-    def __iter__(self) -> Iterator[Waiter[R]]:
-        return iter(self._queue)
-
     def first(self) -> Waiter[R]:
-        return next(iter(self._queue))
+        return next(iter(self))
 
     def add(self, waiter: Waiter[R], *, first: bool = False) -> None:
         """Queue ``waiter`` last, or ``first`` (for one that was there before all others)."""
-        queue = self._queue
-        if (first or not queue) and self._wakeup is not None:
+        if (first or not self) and self._wakeup is not None:
             self._wakeup.set()  # a new head: the expiry task looks at its deadline
-        queue[waiter] = None
+        self[waiter] = None
         if first:
-            queue.move_to_end(waiter, last=False)
+            self.move_to_end(waiter, last=False)
 
     def discard(self, waiter: Waiter[R]) -> bool:
         """Take ``waiter`` out of the queue; False if it was no longer in it."""
-        return self._queue.pop(waiter, waiter) is not waiter
+        return self.pop(waiter, waiter) is not waiter
 
     def serve(self, waiter: Waiter[R], conn: Conn[R]) -> None:
         """Hand ``conn`` (already lent) to ``waiter`` and wake it."""
-        del self._queue[waiter]
+        del self[waiter]
         waiter.conn = conn
-        waiter.event.set()
+        self.wake(waiter.event)
+
+    def serve_first(self, conn: Conn[R]) -> None:
+        """Hand ``conn`` (already lent) to the first waiter and wake it (the hot path)."""
+        waiter = self.popitem(last=False)[0]
+        waiter.conn = conn
+        self.wake(waiter.event)
 
     def fail(self, waiter: Waiter[R], error: BaseException) -> None:
         """Wake ``waiter`` with ``error`` to raise."""
-        del self._queue[waiter]
+        del self[waiter]
         waiter.error = error
-        waiter.event.set()
+        self.wake(waiter.event)
 
     def fail_all(self, error: Callable[[], BaseException]) -> None:
         """Wake every waiter, each with an error of its own (``error()``)."""
-        waiters = list(self._queue)
-        self._queue.clear()
+        waiters = list(self)
+        self.clear()
         for waiter in waiters:
             waiter.error = error()
-            waiter.event.set()
+            self.wake(waiter.event)
 
     def fail_beyond(self, keep: int, error: Callable[[], BaseException]) -> None:
         """Wake every waiter but the first ``keep``, each with an error of its own."""
-        waiters = list(self._queue)[keep:]
+        waiters = list(self)[keep:]
         for waiter in waiters:
-            del self._queue[waiter]
+            del self[waiter]
             waiter.error = error()
-            waiter.event.set()
+            self.wake(waiter.event)
 
     async def expire(
         self, on_expired: Callable[[Waiter[R]], BaseException], event_class: type[anyio.Event]
@@ -115,7 +121,7 @@ class WaiterQueue(Generic[R]):
         The queue is in deadline order (every waiter waits as long, and one put
         first was there before the others), so only its head needs watching.
         """
-        queue = self._queue
+        queue = self
         while True:
             self._wakeup = event_class()
             deadline = math.inf
@@ -124,7 +130,7 @@ class WaiterQueue(Generic[R]):
                 if head.deadline <= anyio.current_time():
                     del queue[head]  # out of the queue before on_expired sees it
                     head.error = on_expired(head)
-                    head.event.set()
+                    self.wake(head.event)
                     continue
                 deadline = head.deadline
             # Until the head's deadline, or until add() brings a new head.
