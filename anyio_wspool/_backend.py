@@ -75,8 +75,10 @@ def bind() -> Backend:
     loop = token.native_token
     if isinstance(loop, asyncio.AbstractEventLoop):
         # The default loop's clock is time.monotonic itself (its time() method
-        # is a Python call around it); another loop (uvloop) keeps its own.
-        now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        # is a Python call around it); another loop (uvloop), or one whose
+        # clock a test replaced (virtual time), keeps its own.
+        default_clock = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
+        now = time.monotonic if default_clock else loop.time
         signal: Callable[[], Signal] = functools.partial(asyncio.Future, loop=loop)
         return Backend(now, token.backend_class.checkpoint_if_cancelled, signal, _wake_future)
     import trio  # the only other backend anyio runs on; imported only when running
