@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -341,3 +343,37 @@ async def test_max_connecting_bounds_the_handshakes_in_flight(
                     tg.start_soon(borrow, pool)
     assert served == 40
     assert ws_server.max_upgrading == max_connecting
+
+
+async def test_a_loop_whose_clock_was_replaced_still_drives_acquire_timeout(
+    anyio_backend: tuple[str, object],
+) -> None:
+    # A test harness may give the asyncio loop a clock of its own (virtual
+    # time): the pool's deadlines must be on that clock, not on time.monotonic.
+    if anyio_backend[0] != "asyncio":
+        pytest.skip("replacing the loop's clock is an asyncio affair")
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    real_time = loop.time
+    loop.time = lambda: real_time() + 10_000.0  # type: ignore[method-assign]
+    try:
+
+        @asynccontextmanager
+        async def resource() -> AsyncIterator[object]:
+            yield object()
+
+        async with open_pool(connect=resource, max_connections=1, acquire_timeout=5) as pool:
+            held = await pool.acquire()
+            got: list[object] = []
+
+            async def borrow() -> None:
+                got.append(await pool.acquire())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(borrow)
+                await anyio.wait_all_tasks_blocked()
+                await pool.release(held)
+            assert got == [held]
+    finally:
+        del loop.time
