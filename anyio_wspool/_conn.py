@@ -84,6 +84,8 @@ class Reason(StrEnum):
     FAILED = "failed"
     #: it never opened: every attempt failed
     CONNECT_FAILED = "connect_failed"
+    #: it never opened: the circuit breaker opened before its attempt began
+    CIRCUIT_OPEN = "circuit_open"
 
     @property
     def discarded(self) -> bool:
@@ -116,6 +118,7 @@ class Conn(Generic[R]):
         "expires_at",
         "generation",
         "idle_since",
+        "in_flight",
         "last_data",
         "lease",
         "lent_at",
@@ -166,6 +169,9 @@ class Conn(Generic[R]):
         #: the attempt under way (1, 2, ...) and when it started, for on_event
         self.attempt = 0
         self.attempt_started = 0.0
+        #: an attempt is under way at the server (its handshake slot taken):
+        #: not stopped when the circuit breaker opens, unlike one still queued
+        self.in_flight = False
         #: when it was last lent, for on_event (-1: no lease being observed)
         self.lent_at = -1.0
         #: the circuit breaker's probe (the one connection allowed after circuit_reset)

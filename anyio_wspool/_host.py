@@ -52,6 +52,9 @@ class Keeper(Protocol[R]):
     def _connect_failed(self, conn: Conn[R], error: Exception) -> None:
         """Every attempt failed; ``error`` is the last one's."""
 
+    def _may_retry(self, conn: Conn[R]) -> bool:
+        """Whether ``conn`` may make another attempt after a transient failure."""
+
     def _prepared(self, conn: Conn[R]) -> None:
         """A released connection is ready to be lent again."""
 
@@ -159,7 +162,11 @@ class ConnectionHost(Generic[R]):
                     if conn.opened:
                         return
                     error = connector.timeout_error(config.connect_timeout)
-                retrying = attempt < config.connect_attempts and connector.is_transient(error)
+                retrying = (
+                    attempt < config.connect_attempts
+                    and connector.is_transient(error)
+                    and keeper._may_retry(conn)
+                )
                 keeper._attempt_failed(conn, error, retrying)
                 if not retrying:
                     break
@@ -214,7 +221,11 @@ class ConnectionHost(Generic[R]):
             # cancels the wait. connect_timeout starts when the attempt does.
             await handshakes.acquire()
             held = True
+            # Retired while queued (the circuit breaker opened, the pool is
+            # closing): the slot is given back without an attempt.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             scope.deadline = anyio.current_time() + config.connect_timeout
+        conn.in_flight = True
         conn.attempt_started = anyio.current_time()
         hook_error: Exception | None = None
         try:
@@ -240,6 +251,7 @@ class ConnectionHost(Generic[R]):
                         await self._serve(conn)
                         scope.deadline = anyio.current_time() + config.close_timeout
         finally:
+            conn.in_flight = False
             release()
         return hook_error
 

@@ -106,7 +106,7 @@ class _Lease(Generic[R]):
         pool = self._pool
         if pool._emit is not None:
             conn = await pool._acquire_observed(self._fresh)
-        elif pool._waiters:
+        elif pool._waiters and not pool._idle:
             # A busy pool: straight to the queue, one coroutine less to resume.
             conn = await pool._wait(self._fresh)
         else:
@@ -330,6 +330,8 @@ class WebSocketPool(Generic[R]):
 
         When the pool is full and a connection is idle, the idle one that waited
         longest is closed to make room; otherwise this waits like ``connection()``.
+        While it waits for its new connection, borrowers queued after it that
+        take any connection may be lent an existing one before it.
         """
         return _Lease(self, True)
 
@@ -654,7 +656,10 @@ class WebSocketPool(Generic[R]):
     async def _acquire(self, fresh: bool) -> Conn[R]:
         if self._closing or not self._entered:
             self._check_open()
-        if fresh or self._waiters:
+        # Idle connections while borrowers wait: every one of those asked for
+        # a new connection (a plain one would have been handed an idle one),
+        # so a plain borrower passes nobody by taking one.
+        if fresh or (self._waiters and not self._idle):
             return await self._wait(fresh)  # (the wait is the cancellation point)
         # Like anyio's own primitives: a cancelled borrower takes nothing, even
         # when it would not have to wait. (No yield when not cancelled.)
@@ -920,13 +925,23 @@ class WebSocketPool(Generic[R]):
         waiters = self._waiters
         if waiters:
             if conn.lent_before and self._fresh_seen and waiters.first().fresh:
-                # The first in line asked for a new connection: this one makes
-                # room for it (its capacity is reused once it is closed).
-                self._retire(conn, Reason.MAKE_ROOM)
+                # The first in line asked for a new connection.
+                if not self._counts[_CONNECTING] + self._priming:
+                    # None is being opened for it: this one makes room (its
+                    # capacity is reused once it is closed).
+                    self._retire(conn, Reason.MAKE_ROOM)
+                    return
+                # One is being opened for it: this one goes to the first
+                # borrower who takes any connection, or is idle.
+                plain = waiters.first_plain()
+                if plain is not None:
+                    self._lend(conn)
+                    waiters.serve(plain, conn)
+                    return
+            else:
+                self._lend(conn)
+                waiters.serve_first(conn)
                 return
-            self._lend(conn)
-            waiters.serve_first(conn)
-            return
         self._set_state(conn, _IDLE)
         if self._config.idle_timeout is not None or self._shared is not None:
             conn.idle_since = self._now()
@@ -1022,6 +1037,11 @@ class WebSocketPool(Generic[R]):
                 describe_error(error),
             )
         self._failure(error)
+
+    def _may_retry(self, conn: Conn[R]) -> bool:
+        """No retry while the circuit breaker is open (but for the probe's)."""
+        circuit = self._circuit
+        return circuit is None or circuit.state is CircuitState.CLOSED or conn.probe
 
     def _back_off_background(self) -> None:
         """The next connection opened for no borrower waits longer (doubling, capped)."""
@@ -1296,6 +1316,12 @@ class WebSocketPool(Generic[R]):
                         self._connector.target, circuit.failures, error_type(error), circuit.reset
                     )
                 )
+            # Connections whose attempt has not begun at the server (queued for
+            # a handshake slot, backing off before a retry or before their
+            # first attempt) are stopped: an open circuit starts no handshake.
+            for conn in list(self._conns):
+                if conn.state is _CONNECTING and not conn.in_flight:
+                    self._retire(conn, Reason.CIRCUIT_OPEN)
             self._shed()
 
     def _close_circuit(self) -> None:

@@ -67,6 +67,13 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
     def first(self) -> Waiter[R]:
         return next(iter(self))
 
+    def first_plain(self) -> Waiter[R] | None:
+        """The first waiter that takes any connection (not only a new one), if any."""
+        for waiter in self:
+            if not waiter.fresh:
+                return waiter
+        return None
+
     def add(self, waiter: Waiter[R], *, first: bool = False) -> None:
         """Queue ``waiter`` last, or ``first`` (for one that was there before all others)."""
         if (first or not self) and self._wakeup is not None:

@@ -364,3 +364,97 @@ async def test_acquire_timeout_zero_with_open_circuit_says_unavailable() -> None
         with pytest.raises(PoolUnavailable):
             await pool.acquire()
         assert not isinstance(PoolUnavailable("x"), PoolTimeout)
+
+
+class _Gated:
+    """A generic connector whose first attempt fails once ``gate`` is set; later ones fail fast.
+
+    ``errors`` gives each attempt's error, in the order of the attempts (the
+    last one repeats).
+    """
+
+    def __init__(self, *errors: Exception) -> None:
+        self.gate = anyio.Event()
+        self.errors = list(errors)
+        self.attempts = 0
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[object]:
+        self.attempts += 1
+        error = self.errors.pop(0) if len(self.errors) > 1 else self.errors[0]
+        if self.attempts == 1:
+            await self.gate.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        raise error
+        yield object()  # pragma: no cover
+
+
+async def test_no_queued_attempt_starts_once_the_circuit_opens() -> None:
+    # Three borrowers, one handshake at a time: two connections queue behind
+    # the first attempt. It fails and opens the circuit; the two queued ones
+    # must not then attempt: their borrowers fail at once with PoolUnavailable.
+    connect = _Gated(ConnectionRefusedError("refused"))
+    outcomes: list[str] = []
+
+    async def borrow(pool: WebSocketPool[Any]) -> None:
+        try:
+            await pool.acquire()
+        except ConnectionRefusedError:
+            outcomes.append("refused")
+        except PoolUnavailable:
+            outcomes.append("unavailable")
+
+    with anyio.fail_after(10):
+        async with open_pool(
+            connect=connect,
+            max_connections=3,
+            max_connecting=1,
+            failure_threshold=1,
+            connect_attempts=1,
+            circuit_reset=60,
+        ) as pool:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(borrow, pool)
+                await anyio.wait_all_tasks_blocked()
+                assert connect.attempts == 1
+                connect.gate.set()
+            assert sorted(outcomes) == ["refused", "unavailable", "unavailable"]
+            assert connect.attempts == 1
+            assert pool.stats.circuit == "open"
+            assert pool.stats.connecting == 0
+
+
+async def test_no_retry_starts_once_the_circuit_opens() -> None:
+    # Connection A's single attempt hangs, then fails for good (not retried);
+    # connection B's first attempt fails with a transient error and B backs
+    # off before its retry. A's failure opens the circuit: B must not retry.
+    connect = _Gated(ValueError("bad token"), ConnectionRefusedError("refused"))
+    outcomes: list[str] = []
+
+    async def borrow(pool: WebSocketPool[Any]) -> None:
+        try:
+            await pool.acquire()
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+
+    with anyio.fail_after(10):
+        async with open_pool(
+            connect=connect,
+            max_connections=2,
+            failure_threshold=1,
+            connect_attempts=3,
+            retry_backoff=30,
+            retry_backoff_max=30,
+            circuit_reset=60,
+        ) as pool:
+            async with anyio.create_task_group() as tg:
+                for _ in range(2):
+                    tg.start_soon(borrow, pool)
+                await anyio.wait_all_tasks_blocked()
+                assert connect.attempts == 2  # A hangs, B backs off
+                connect.gate.set()
+            assert sorted(outcomes) == ["PoolUnavailable", "ValueError"]
+            assert connect.attempts == 2
+            assert pool.stats.circuit == "open"

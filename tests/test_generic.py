@@ -249,3 +249,60 @@ async def test_a_connection_opened_for_a_cancelled_borrower_is_kept() -> None:
         async with pool.connection() as resource:
             assert resource is opened[0]
     assert len(opened) == 1
+
+
+class GatedConnector(Connector):
+    """A :class:`Connector` whose openings after the first wait for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.calls = 0
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[Resource]:
+        self.calls += 1
+        if self.calls > 1:
+            await self.gate.wait()
+        async with super().__call__() as resource:
+            yield resource
+
+
+@pytest.mark.parametrize("lease", ["acquire", "connection"])
+async def test_a_borrower_queued_behind_a_fresh_one_takes_the_idle_connection(lease: str) -> None:
+    # An idle connection, and a borrower that asked for a new one waits for
+    # its handshake at the head of the queue. A plain borrower that comes
+    # next takes the idle connection at once: the first one does not want it,
+    # so nobody is passed over, and it is not closed to make room.
+    connector = GatedConnector()
+    async with open_pool(connect=connector, max_connections=2) as pool:
+        async with pool.connection() as idle:
+            pass
+        got: list[Resource] = []
+
+        async def fresh() -> None:
+            async with pool.new_connection() as new:
+                got.append(new)
+
+        async def plain() -> None:
+            if lease == "acquire":
+                resource = await pool.acquire()
+                got.append(resource)
+                await pool.release(resource)
+            else:
+                async with pool.connection() as resource:
+                    got.append(resource)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fresh)
+                await wait_all_tasks_blocked()
+                assert pool.stats.waiting == 1
+                tg.start_soon(plain)
+                await wait_all_tasks_blocked()
+                assert got == [idle]  # served without waiting for the handshake
+                assert not idle.closed
+                connector.gate.set()
+            assert len(got) == 2
+            assert got[1] is not idle
+            assert connector.calls == 2
