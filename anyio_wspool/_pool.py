@@ -70,6 +70,7 @@ logger = logging.getLogger("anyio_wspool")
 R = TypeVar("R")
 
 _CONNECTING, _IDLE, _LENT, _DRAINING, _CLOSING, _CLOSED = State
+_INF = math.inf
 
 #: close codes by which a server says it is going away, restarting, or too busy
 #: for now (RFC 6455 §7.4.1, IANA): the next connections back off
@@ -275,6 +276,8 @@ class WebSocketPool(Generic[R]):
         self._unpark: Callable[[R], None] | None = (
             None if type(connector).unpark is Connector.unpark else connector.unpark
         )
+        #: lending a connection that is lent already (a hand-off) only counts the lease
+        self._plain_lend = not self._refresh and self._unpark is None
         #: whether a new waiter is checked against acquire_timeout=0 and max_waiting
         self._admission = config.acquire_timeout == 0 or config.max_waiting is not None
         #: whether a borrower ever waited for a new connection (acquire_new):
@@ -302,6 +305,8 @@ class WebSocketPool(Generic[R]):
             anyio.lowlevel.checkpoint_if_cancelled
         )
         self._signal: Callable[[], Signal] = _not_open
+        #: sets a waiter's wake-up (the backend's, bound when the pool opens)
+        self._wake: Callable[[Any], None] = self._waiters.wake
 
     # -- public API -------------------------------------------------------------
 
@@ -508,7 +513,7 @@ class WebSocketPool(Generic[R]):
         self._now = backend.now
         self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._signal = backend.signal
-        self._waiters.wake = backend.wake
+        self._waiters.wake = self._wake = backend.wake
         if self._config.lease_warning is not None:
             self._lease_watch = LeaseWatch(
                 self._config.lease_warning, self._now, self._connector.target
@@ -807,7 +812,10 @@ class WebSocketPool(Generic[R]):
         if fresh:
             self._fresh_seen = True
         waiter: Waiter[R] = Waiter(fresh, self._signal(), deadline)
-        waiters.add(waiter, first=first)
+        if waiters and not first:
+            waiters[waiter] = None  # (WaiterQueue.add's common case, without the call)
+        else:
+            waiters.add(waiter, first=first)
         if len(self._conns) < self._capacity or self._paused or self._idle:
             self._grow()  # (at a full pool with nothing to adopt or close: a no-op, skipped)
         try:
@@ -824,9 +832,18 @@ class WebSocketPool(Generic[R]):
             elif waiter.conn is not None:
                 self._give_back(waiter.conn, None)
             raise
-        if waiter.conn is not None:
-            self._count_lease(waiter.conn)
-            return waiter.conn
+        conn = waiter.conn
+        if conn is not None:
+            # (_count_lease, inline.)
+            counters = self._counters
+            counters.acquired += 1
+            conn.uses += 1
+            if conn.lent_before:
+                counters.reused += 1
+            conn.lent_before = True
+            if self._lease_watch is not None:
+                self._lease_watch.add(conn)
+            return conn
         error = waiter.error
         assert error is not None
         waiter.error = None
@@ -847,7 +864,8 @@ class WebSocketPool(Generic[R]):
         )
 
     def _lend(self, conn: Conn[R]) -> None:
-        self._set_state(conn, _LENT)
+        if conn.state is not _LENT:  # (a hand-off from one borrower to the next keeps it)
+            self._set_state(conn, _LENT)
         if self._refresh and conn.lifetime != math.inf:
             conn.expires_at = self._now() + conn.lifetime
         conn.lease += 1
@@ -909,7 +927,15 @@ class WebSocketPool(Generic[R]):
         Every path to a lend goes through here or :meth:`_take_idle` (a new
         connection, a released one, a drained one), and both ask :meth:`_unfit`.
         """
-        reason = self._unfit(conn)
+        # (The common case of _unfit, without the call: this is the hand-off path.)
+        if (
+            self._usable is not None
+            or conn.expires_at != _INF
+            or conn.generation != self._generation
+        ):
+            reason = self._unfit(conn)
+        else:
+            reason = None
         if reason is None and len(self._conns) > self._capacity:
             reason = Reason.RESIZED  # each connection holds one token
         if reason is not None:
@@ -939,8 +965,14 @@ class WebSocketPool(Generic[R]):
                     waiters.serve(plain, conn)
                     return
             else:
-                self._lend(conn)
-                waiters.serve_first(conn)
+                if conn.state is _LENT and self._plain_lend:
+                    conn.lease += 1  # (all that _lend does here, without the call)
+                else:
+                    self._lend(conn)
+                # (WaiterQueue.serve_first, inline: the hot path of a busy pool.)
+                waiter = waiters.popitem(last=False)[0]
+                waiter.conn = conn
+                self._wake(waiter.event)
                 return
         self._set_state(conn, _IDLE)
         if self._config.idle_timeout is not None or self._shared is not None:
