@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,58 @@ def test_demo_runs(backend: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "pool                                2" in result.stdout  # two handshakes
     assert "connect per request                40" in result.stdout
+
+
+async def _run_example(script: str, url: str) -> str:
+    with anyio.fail_after(60):
+        result = await anyio.run_process([sys.executable, str(EXAMPLES / script), url], check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+async def test_events_jsonl_example_logs_each_event(ws_server: WSServer) -> None:
+    # A password in the URL: the events name the target with it masked.
+    url = ws_server.url.replace("ws://", "ws://user:hunter2@")
+    output = await _run_example("events_jsonl.py", url)
+    assert "hunter2" not in output
+    records = [json.loads(line) for line in output.splitlines()]
+    kinds = [record["event"] for record in records]
+    opened = ws_server.handshakes
+    assert 1 <= opened <= 2
+    assert kinds.count("ConnectedEvent") == opened
+    assert kinds.count("AcquiredEvent") == 6
+    assert kinds.count("ReleasedEvent") == 6
+    retired = [record for record in records if record["event"] == "RetiredEvent"]
+    assert [record["reason"] for record in retired] == ["pool_closed"] * opened
+    # In order: a connection opens before it is lent, each lease is acquired
+    # before it is released, and the pool closes its connections last.
+    assert kinds[0] == "ConnectedEvent"
+    assert kinds[-opened:] == ["RetiredEvent"] * opened
+    lent = 0
+    for kind in kinds:
+        lent += {"AcquiredEvent": 1, "ReleasedEvent": -1}.get(kind, 0)
+        assert 0 <= lent <= 2
+    assert {record["target"] for record in records} == {records[0]["target"]}
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one sample of Prometheus' text format (0.0 when absent)."""
+    for line in metrics.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        selector, value = line.rsplit(" ", 1)
+        if all(f'{key}="{wanted}"' in selector for key, wanted in labels.items()):
+            return float(value)
+    return 0.0
+
+
+async def test_prometheus_example_counts_what_the_pool_did(ws_server: WSServer) -> None:
+    metrics = await _run_example("metrics_prometheus.py", ws_server.url)
+    opened = ws_server.handshakes
+    assert 1 <= opened <= 3
+    assert _sample(metrics, "wspool_handshake_seconds_count") == opened
+    assert _sample(metrics, "wspool_acquire_wait_seconds_count") == 12
+    assert _sample(metrics, "wspool_lease_seconds_count") == 12
+    assert _sample(metrics, "wspool_retired_total", reason="pool_closed") == opened
+    assert _sample(metrics, "wspool_connect_failures_total") == 0
+    await ws_server.wait_until(lambda: ws_server.open_connections == 0)
