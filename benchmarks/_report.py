@@ -24,7 +24,7 @@ import _scenarios as sc
 from _scenarios import SCENARIOS, Run, Scenario
 
 #: every scenario, in the order of the report
-SPECS: list[Scenario] = sorted(SCENARIOS.values(), key=lambda spec: spec.number)
+SPECS: list[Scenario] = sorted(SCENARIOS.values(), key=lambda spec: (len(spec.number), spec.number))
 EN = "\u2013"  # the en dash of ranges (escaped: ruff flags look-alike characters)
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,

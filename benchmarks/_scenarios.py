@@ -30,6 +30,7 @@ import importlib
 import importlib.metadata
 import inspect
 import math
+import sys
 import time
 import tracemalloc
 from collections import deque
@@ -37,7 +38,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Generic, Literal, TypedDict, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -45,6 +47,12 @@ import httpx
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 
 from anyio_wspool import WebSocketPool, open_pool
+
+if TYPE_CHECKING:
+    from tests._wsserver import WSServer
+
+#: the checkout (where tests/ is)
+REPO = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 ACM = AbstractAsyncContextManager
@@ -84,6 +92,11 @@ class Sizes:
     throughput_pool_round_trips: int = 6_400
     throughput_per_request_round_trips: int = 640
     throughput_max_connections: int = 16
+    #: scenario 9: borrowers arriving at once at an empty pool of as many connections
+    cold_start_borrowers: int = 200
+    cold_start_handshake_delay: float = 0.02
+    #: scenario 10: borrowers of a pool whose server accepts, then closes, every connection
+    dead_server_borrowers: int = 100
     #: each contender's timed work is split into this many segments, run in
     #: alternation with the other contenders' (see interleave)
     segments: int = 5
@@ -108,6 +121,8 @@ QUICK = Sizes(
     peers_round_trips=60,
     throughput_pool_round_trips=640,
     throughput_per_request_round_trips=96,
+    cold_start_borrowers=60,
+    dead_server_borrowers=50,
     segments=3,
     repetitions=3,
     worker_timeout=90.0,
@@ -1558,3 +1573,171 @@ async def scenario_throughput(ctx: Context) -> None:
             for name, seconds in totals.items():
                 rate = tasks * rounds[name] * segments / seconds
                 ctx.add(name, f"tasks_{tasks}_round_trips_per_s", rate)
+
+
+# -- 9. cold start, 10. dead server (production features) -------------------------------------
+
+
+def _fault_server(**faults: Any) -> AbstractAsyncContextManager[WSServer]:
+    """The tests' own anyio + wsproto server (``tests/_wsserver.py``), in this event loop.
+
+    It counts what these scenarios report (upgrades in flight and their peak,
+    handshakes) and injects their faults (a slow handshake, a close right after
+    the upgrade). Imported from the checkout: the tests are not a package that
+    gets installed.
+    """
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    module = importlib.import_module("tests._wsserver")
+    server: AbstractAsyncContextManager[WSServer] = module.serve_ws(**faults)
+    return server
+
+
+COLD_LIMITS: tuple[int | None, ...] = (1, 4, 16, None)
+
+
+def _cold_name(limit: int | None) -> str:
+    if limit is None:
+        return "max_connecting=None (no limit)"
+    return f"max_connecting={limit}" + (" (the default)" if limit == 4 else "")
+
+
+@scenario(
+    "9", _cold_name(4),
+    [
+        Metric("ms", "ms until every borrower holds a connection", "lower", 0),
+        Metric("peak_upgrading", "peak of upgrades in flight at the server", "none", 0,
+               ratio=False),
+    ],
+    [
+        Target("max_connecting=4: at most 4 upgrades in flight", _cold_name(4),
+               "peak_upgrading <= 4"),
+        Target("max_connecting=16: at most 16 upgrades in flight", _cold_name(16),
+               "peak_upgrading <= 16"),
+    ],
+)  # fmt: skip
+async def scenario_cold_start(ctx: Context) -> None:
+    """Cold start: many borrowers at once on an empty pool, by `max_connecting`
+
+    200 borrowers (60 with `--quick`) arrive together at an empty pool of as
+    many connections, against a server whose upgrade takes 20 ms to answer
+    (the anyio + wsproto server of the tests, in the same process). Each
+    borrower keeps its connection until every one holds one, so each needs a
+    handshake of its own. The time until all are served, and the peak of
+    upgrades in flight counted by the server: `max_connecting` trades the one
+    for the other, so that a cold start or a recovery does not stampede the
+    provider with hundreds of simultaneous handshakes.
+    """
+    sizes = ctx.sizes
+    for limit in rotate(list(COLD_LIMITS), ctx.rep):
+        elapsed, peak = await _cold_start(
+            limit, sizes.cold_start_borrowers, sizes.cold_start_handshake_delay
+        )
+        ctx.add(_cold_name(limit), "ms", elapsed * 1e3)
+        ctx.add(_cold_name(limit), "peak_upgrading", peak)
+
+
+async def _cold_start(limit: int | None, borrowers: int, delay: float) -> tuple[float, int]:
+    """Seconds until ``borrowers`` hold a connection each, and the peak of upgrades in flight."""
+    async with _fault_server(handshake_delay=delay) as server:
+        all_served = anyio.Event()
+        served = 0
+        async with (
+            new_client() as client,
+            open_pool(
+                server.url,
+                client=client,
+                max_connections=borrowers,
+                max_connecting=limit,
+                acquire_timeout=None,
+            ) as pool,
+        ):
+
+            async def borrow() -> None:
+                nonlocal served
+                async with pool.connection():
+                    served += 1
+                    if served == borrowers:
+                        all_served.set()
+                    await all_served.wait()
+
+            gc.collect()
+            with anyio.fail_after(CONTENDER_TIME_LIMIT):
+                start = time.perf_counter()
+                async with anyio.create_task_group() as tg:
+                    for _ in range(borrowers):
+                        tg.start_soon(borrow)
+                    await all_served.wait()
+                    elapsed = time.perf_counter() - start
+        if server.handshakes != borrowers:
+            raise RuntimeError(f"{server.handshakes} handshakes for {borrowers} borrowers")
+        return elapsed, server.max_upgrading
+
+
+DEAD_OFF = "circuit breaker off (the default)"
+DEAD_ON = "circuit breaker on (failure_threshold=5)"
+
+
+@scenario(
+    "10", DEAD_OFF,
+    [
+        Metric("ms", "ms until every borrower has its answer", "lower", 0),
+        Metric("handshakes", "handshakes the server saw", "lower", 0),
+    ],
+    [Target(f"with the breaker, everyone answered sooner (≤ 0.5{X})", DEAD_ON, "ms <= 0.5",
+            DEAD_OFF)],
+)  # fmt: skip
+async def scenario_dead_server(ctx: Context) -> None:
+    """Dead server: a server that accepts, then closes, every connection
+
+    100 borrowers (50 with `--quick`), on a pool of 10 connections, each wait
+    for a reply on their connection; the server completes every upgrade and
+    closes the connection at once (code 1011). Every borrower gets an error;
+    what differs is how soon, and how many handshakes the server has to take
+    meanwhile. Without the circuit breaker every borrower's connection is
+    opened and closed in turn (each replacement backing off a little more);
+    with `failure_threshold=5` the pool stops connecting after five failures
+    in a row and answers the rest with `PoolUnavailable` at once.
+    """
+    borrowers = ctx.sizes.dead_server_borrowers
+    contenders = {DEAD_OFF: None, DEAD_ON: 5}
+    for name in rotate(list(contenders), ctx.rep):
+        elapsed, handshakes = await _dead_server(contenders[name], borrowers)
+        ctx.add(name, "ms", elapsed * 1e3)
+        ctx.add(name, "handshakes", handshakes)
+
+
+async def _dead_server(failure_threshold: int | None, borrowers: int) -> tuple[float, int]:
+    """Seconds until ``borrowers`` all failed against a server that hangs up; its handshakes."""
+    async with _fault_server(close_new_after=0.0, close_new_code=1011) as server:
+        errors = 0
+        async with (
+            new_client() as client,
+            open_pool(
+                server.url,
+                client=client,
+                max_connections=10,
+                failure_threshold=failure_threshold,
+                circuit_reset=60.0,
+                acquire_timeout=60.0,
+            ) as pool,
+        ):
+
+            async def borrow() -> None:
+                nonlocal errors
+                try:
+                    async with pool.connection() as ws:
+                        await ws.receive_text()
+                except Exception:
+                    errors += 1
+
+            gc.collect()
+            with anyio.fail_after(CONTENDER_TIME_LIMIT):
+                start = time.perf_counter()
+                async with anyio.create_task_group() as tg:
+                    for _ in range(borrowers):
+                        tg.start_soon(borrow)
+                elapsed = time.perf_counter() - start
+        if errors != borrowers:
+            raise RuntimeError(f"{borrowers - errors} borrowers got a reply from a dead server")
+        return elapsed, server.handshakes
