@@ -72,7 +72,8 @@ def open_pool(
             the pool); by default the pool makes one and closes it at the end.
         **options: the pool's options, and for a pool given ``uri`` httpx-ws's
             (``headers``, ``subprotocols``, ``max_message_size_bytes``, ...);
-            the README's option table lists each with its default.
+            the documentation's option table (also in the README) gives each
+            one's default and meaning.
 
     Examples:
         async with open_pool("wss://example.com/ws", max_connections=8) as pool:

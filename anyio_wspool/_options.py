@@ -159,7 +159,7 @@ class Config:
     """Every option of the pool, its default and its check: the one table of them.
 
     ``PoolOptions`` repeats the names and types for type checkers (a test keeps
-    the two in step); the README's option table explains each one.
+    the two in step); the option table of the documentation explains each one.
     """
 
     max_connections: int = _option(50, _count(1))

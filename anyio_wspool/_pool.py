@@ -324,6 +324,9 @@ class WebSocketPool(Generic[R]):
 
         Raises:
             PoolTimeout: no connection within ``acquire_timeout``.
+            PoolOverloaded: ``max_waiting`` borrowers were already waiting.
+            PoolUnavailable: the circuit breaker is open (``failure_threshold``)
+                and this borrower would need a new connection.
             PoolClosed: the pool is closed, or closed while waiting.
             Exception: the connection error (httpx's, httpx-ws's or the
                 connector's own type) of the connection opened for this borrower.

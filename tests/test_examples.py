@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from ._wsserver import WSServer
@@ -20,19 +22,38 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 @pytest.mark.parametrize(
     ("script", "expected", "capacity"),
     [
-        ("echo_asyncio.py", "'hello 9'", 2),
-        ("echo_trio.py", "'hello 9'", 2),
-        ("websockets_connector.py", "'hello 19'", 4),
+        ("echo_asyncio.py", ["'hello 9'"], 2),
+        ("echo_trio.py", ["'hello 9'"], 2),
+        ("websockets_connector.py", ["'hello 19'"], 4),
+        ("trio_many_tasks.py", ["600 replies over "], 4),
+        ("subscribe_on_connect.py", ["30 requests, "], 3),
+        (
+            "stale_data.py",
+            [
+                "first borrower read: first question",
+                "next borrower read: third question",
+                "drained: ['second question']",
+                "connections opened: 1",
+            ],
+            1,
+        ),
+        ("timeouts.py", ["answer: ping", "timed out;", "opened=1 discarded=1"], 2),
     ],
 )
-async def test_example_runs(ws_server: WSServer, script: str, expected: str, capacity: int) -> None:
+async def test_example_runs(
+    ws_server: WSServer, script: str, expected: list[str], capacity: int
+) -> None:
     with anyio.fail_after(60):
         result = await anyio.run_process(
             [sys.executable, str(EXAMPLES / script), ws_server.url], check=False
         )
     output = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()
-    assert expected in output
+    for line in expected:
+        assert line in output, output
+    if script == "subscribe_on_connect.py":
+        # One subscription per connection, not one per request.
+        assert f"{ws_server.handshakes} subscriptions, {ws_server.handshakes} connections" in output
     assert 1 <= ws_server.handshakes <= capacity  # the pool reused its connections
     assert ws_server.messages_received > ws_server.handshakes
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
@@ -107,3 +128,46 @@ async def test_prometheus_example_counts_what_the_pool_did(ws_server: WSServer) 
     assert _sample(metrics, "wspool_retired_total", reason="pool_closed") == opened
     assert _sample(metrics, "wspool_connect_failures_total") == 0
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
+
+
+async def test_starlette_example_serves_requests_through_the_pool(ws_server: WSServer) -> None:
+    # The app is served by uvicorn on 127.0.0.1 in a process of its own and
+    # called over HTTP: 40 requests, a handful of WebSocket handshakes; when
+    # uvicorn stops, the lifespan closes the pool and its connections.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, str(EXAMPLES / "starlette_app.py"), ws_server.url, str(port)]
+    with anyio.fail_after(60):
+        async with await anyio.open_process(command) as process:
+            try:
+                assert process.stderr is not None
+                log = b""
+                async for chunk in process.stderr:
+                    log += chunk
+                    if b"Application startup complete" in log:
+                        break
+                else:
+                    raise AssertionError(log.decode())
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+                    async def ask(n: int) -> None:
+                        response = await client.get("/ask", params={"text": f"hello {n}"})
+                        response.raise_for_status()
+                        assert response.json()["reply"] == f"hello {n}"
+
+                    async with anyio.create_task_group() as tg:
+                        for n in range(40):
+                            tg.start_soon(ask, n)
+                assert 1 <= ws_server.handshakes <= 8
+                assert ws_server.messages_received >= 40
+            finally:
+                process.terminate()
+            async for chunk in process.stderr:
+                log += chunk
+            # uvicorn re-raises the SIGTERM it handled, once shut down.
+            assert await process.wait() in (0, -15), log.decode()
+    assert b"Application shutdown complete" in log, log.decode()
+    # The lifespan closed the pool: each connection got a closing handshake.
+    await ws_server.wait_until(lambda: ws_server.open_connections == 0)
+    assert ws_server.closes_received == ws_server.handshakes
