@@ -9,6 +9,7 @@ handshakes (counted by the server), round trips per second, the pool's stats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,7 +47,7 @@ class EchoServer:
         return f"ws://127.0.0.1:{self.port}/echo"
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         async with listener:
             task_status.started()
@@ -175,6 +176,14 @@ async def run(tasks: int, round_trips: int, max_connections: int) -> None:
         raise RuntimeError(f"{server.open} connections were left open")
 
 
+async def serve_echo(port: int) -> None:
+    """Only the echo server, until interrupted (for the examples)."""
+    async with anyio.create_task_group() as tg:
+        server = EchoServer(port=port)
+        await tg.start(server.serve)
+        print(f"echo server on {server.url} (Ctrl-C to stop)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m anyio_wspool",
@@ -186,7 +195,21 @@ def main(argv: list[str] | None = None) -> None:
         "--round-trips", type=int, default=100, help="round trips per task (default 100)"
     )
     parser.add_argument("--max-connections", type=int, default=8, help="pool capacity (default 8)")
+    parser.add_argument(
+        "--echo-server",
+        action="store_true",
+        help="only run the echo server on 127.0.0.1 until interrupted (to try the examples)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8765, help="the port of --echo-server (default 8765; 0: any)"
+    )
     args = parser.parse_args(argv)
+    if args.echo_server:
+        if not 0 <= args.port <= 65535:
+            parser.error("--port must be within 0..65535")
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(serve_echo, args.port, backend="asyncio")
+        return
     if not (1 <= args.tasks <= 1000 and 1 <= args.round_trips <= 10_000):
         parser.error("--tasks must be within 1..1000 and --round-trips within 1..10000")
     backend, options = args.backend, {}

@@ -171,3 +171,23 @@ async def test_starlette_example_serves_requests_through_the_pool(ws_server: WSS
     # The lifespan closed the pool: each connection got a closing handshake.
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
     assert ws_server.closes_received == ws_server.handshakes
+
+
+async def test_the_echo_server_command_serves_the_examples() -> None:
+    # What the docs tell a new user: start the demo's echo server, run an example.
+    command = [sys.executable, "-m", "anyio_wspool", "--echo-server", "--port", "0"]
+    with anyio.fail_after(60):
+        async with await anyio.open_process(command) as process:
+            try:
+                assert process.stdout is not None
+                line = b""
+                async for chunk in process.stdout:
+                    line += chunk
+                    if b"\n" in line:
+                        break
+                url = line.decode().split()[3]
+                assert url.startswith("ws://127.0.0.1:")
+                output = await _run_example("echo_asyncio.py", url)
+                assert "'hello 9'" in output
+            finally:
+                process.terminate()
