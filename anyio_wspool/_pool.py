@@ -954,16 +954,16 @@ class WebSocketPool(Generic[R]):
         waiters = self._waiters
         if waiters:
             if conn.lent_before and self._fresh_seen and waiters.first().fresh:
-                # The first in line asked for a new connection.
-                if not self._counts[_CONNECTING] + self._priming:
-                    # None is being opened for it: this one makes room (its
-                    # capacity is reused once it is closed).
+                # The first in line asked for a new connection: this one goes
+                # to the first borrower who takes any connection, unless a
+                # borrower before it asked for a new one that no connection
+                # being opened will serve; then it makes room for that one
+                # (its capacity is reused once it is closed). Or it is idle.
+                plain = waiters.first_needing_room(self._counts[_CONNECTING] + self._priming)
+                if plain is None:
                     self._retire(conn, Reason.MAKE_ROOM)
                     return
-                # One is being opened for it: this one goes to the first
-                # borrower who takes any connection, or is idle.
-                plain = waiters.first_plain()
-                if plain is not None:
+                if plain is not False:
                     self._lend(conn)
                     waiters.serve(plain, conn)
                     return

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import anyio
 
@@ -67,12 +67,21 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
     def first(self) -> Waiter[R]:
         return next(iter(self))
 
-    def first_plain(self) -> Waiter[R] | None:
-        """The first waiter that takes any connection (not only a new one), if any."""
-        for waiter in self:
+    def first_needing_room(self, covered: int) -> Waiter[R] | Literal[False] | None:
+        """Who a connection given back goes to, when the first waiter wants a new one.
+
+        The first ``covered`` waiters will be served by the connections being
+        opened. Returns the first waiter that takes any connection, if it comes
+        before the first waiter beyond those that asked for a new connection;
+        None if such a waiter comes first (the connection must be closed to make
+        room for it); False if nobody needs the connection.
+        """
+        for index, waiter in enumerate(self):
             if not waiter.fresh:
                 return waiter
-        return None
+            if index >= covered:
+                return None
+        return False
 
     def add(self, waiter: Waiter[R], *, first: bool = False) -> None:
         """Queue ``waiter`` last, or ``first`` (for one that was there before all others)."""

@@ -252,17 +252,18 @@ async def test_a_connection_opened_for_a_cancelled_borrower_is_kept() -> None:
 
 
 class GatedConnector(Connector):
-    """A :class:`Connector` whose openings after the first wait for ``gate``."""
+    """A :class:`Connector` whose openings after the first ``free`` ones wait for ``gate``."""
 
-    def __init__(self) -> None:
+    def __init__(self, free: int = 1) -> None:
         super().__init__()
         self.gate = anyio.Event()
         self.calls = 0
+        self.free = free
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[Resource]:
         self.calls += 1
-        if self.calls > 1:
+        if self.calls > self.free:
             await self.gate.wait()
         async with super().__call__() as resource:
             yield resource
@@ -306,3 +307,37 @@ async def test_a_borrower_queued_behind_a_fresh_one_takes_the_idle_connection(le
             assert len(got) == 2
             assert got[1] is not idle
             assert connector.calls == 2
+
+
+async def test_two_borrowers_of_new_connections_at_a_full_pool_are_both_served() -> None:
+    # A full pool, two borrowers asking for new connections. Each connection
+    # given back makes room for the first of them whose new connection is not
+    # being opened yet: neither has to wait for the other to finish.
+    connector = GatedConnector(free=2)
+    async with open_pool(connect=connector, max_connections=2) as pool:
+        first, second = await pool.acquire(), await pool.acquire()
+        got: list[Resource] = []
+
+        async def fresh() -> None:
+            resource = await pool.acquire_new()
+            got.append(resource)  # held until the end
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fresh)
+                await wait_all_tasks_blocked()
+                tg.start_soon(fresh)
+                await wait_all_tasks_blocked()
+                assert pool.stats.waiting == 2
+                await pool.release(first)  # room for the first one's new connection
+                await wait_all_tasks_blocked()
+                assert pool.stats.connecting == 1  # its handshake waits for the gate
+                await pool.release(second)  # room for the second one's
+                await wait_all_tasks_blocked()
+                assert second.closed
+                connector.gate.set()
+            assert len(got) == 2
+            assert first.closed
+            assert second.closed
+            assert {first, second}.isdisjoint(got)
+            assert pool.stats.in_use == 2
