@@ -1418,7 +1418,11 @@ class WebSocketPool(Generic[R]):
                         self._event_class,
                         name="anyio_wspool acquire timeouts",
                     )
-                if config.idle_timeout is not None or config.max_lifetime is not None:
+                if (
+                    config.idle_timeout is not None
+                    or config.max_lifetime is not None
+                    or (self._circuit is not None and config.min_connections)
+                ):
                     tg.start_soon(self._sweep_forever, name="anyio_wspool sweep")
                 if self._lease_watch is not None:
                     tg.start_soon(
@@ -1433,12 +1437,17 @@ class WebSocketPool(Generic[R]):
     def _sweep(self) -> None:
         """Retire idle connections that are dead, expired, or idle for too long.
 
-        Looks at idle connections only (oldest first): its cost does not grow
+        Once an open circuit's reset time is over, let ``min_connections`` try
+        a probe connection. Looks at idle connections only (oldest first): its cost does not grow
         with the number of lent ones, and lending never pays for it. Idleness
         never takes the pool below ``min_connections``.
         """
         idle_timeout = self._config.idle_timeout
         now = anyio.current_time()
+        circuit = self._circuit
+        if circuit is not None and circuit.state is CircuitState.OPEN and now >= circuit.reset_at:
+            # Nobody may be borrowing: min_connections sends the probe.
+            self._grow()
         for conn in list(self._idle):
             reason = self._unfit(conn)
             if reason is not None:

@@ -254,6 +254,30 @@ async def test_circuit_stops_background_connections(ws_server: WSServer) -> None
             assert ws_server.handshakes == opened
 
 
+async def test_min_connections_probe_after_circuit_reset(ws_server: WSServer) -> None:
+    # With nobody borrowing, min_connections is what tries again once the
+    # circuit's reset time is over (at the next sweep): one probe, and the
+    # pool is whole again when the server is back.
+    ws_server.close_new_after = 0.0
+    with anyio.fail_after(10):
+        async with open_pool(
+            ws_server.url,
+            min_connections=1,
+            failure_threshold=2,
+            circuit_reset=0.2,
+            cleanup_interval=0.05,
+            retry_backoff=0.01,
+            retry_backoff_max=0.02,
+        ) as pool:
+            await ws_server.wait_until(lambda: pool.stats.circuit == "open")
+            assert ws_server.handshakes == 2
+            ws_server.close_new_after = None  # the server is back
+            await pool.wait_ready(timeout=5)
+            assert pool.stats.idle == 1
+            assert pool.stats.circuit == "closed"
+            assert ws_server.handshakes == 3  # one probe
+
+
 # -- close codes ---------------------------------------------------------------------
 
 
