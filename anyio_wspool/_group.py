@@ -131,11 +131,13 @@ class GroupCapacity:
 class _Member(Generic[R]):
     """A pool of the group and what holds it open."""
 
-    __slots__ = ("done", "error", "pool", "ready", "uri")
+    __slots__ = ("done", "error", "label", "pool", "ready", "uri")
 
-    def __init__(self, pool: WebSocketPool[R], uri: str | httpx.URL) -> None:
+    def __init__(self, pool: WebSocketPool[R], uri: str | httpx.URL, label: Hashable) -> None:
         self.pool = pool
         self.uri = uri
+        #: its key as the group shows it: the user's key, or the URI with its secrets masked
+        self.label = label
         #: set once the pool is open (or failed to open)
         self.ready = anyio.Event()
         #: set to let the task that holds the pool leave it
@@ -232,12 +234,13 @@ class WebSocketPoolGroup(Generic[R]):
             PoolClosed: the group is closed.
         """
         self._check_open()
+        given = key is not None
         if key is None:
             key = str(uri)
         member = self._members.get(key)
         if member is None:
             pool = self._factory(uri, self._per_key)
-            member = _Member(pool, uri)
+            member = _Member(pool, uri, key if given else (pool.uri or key))
             self._members[key] = member
             assert self._tg is not None
             self._tg.start_soon(self._hold, member, name="anyio_wspool group member")
@@ -274,8 +277,13 @@ class WebSocketPoolGroup(Generic[R]):
 
     @property
     def pools(self) -> Mapping[Hashable, WebSocketPool[R]]:
-        """The group's pools by key, as a new mapping (a snapshot)."""
-        return {key: member.pool for key, member in self._members.items()}
+        """The group's pools by key, as a new mapping (a snapshot).
+
+        A key that is a URI (no ``key=`` given) is shown as ``pool.uri``: with
+        its password and query values masked, so that it can go to a log or a
+        metric label.
+        """
+        return {member.label: member.pool for member in self._members.values()}
 
     @property
     def max_connections(self) -> int:
@@ -297,7 +305,8 @@ class WebSocketPoolGroup(Generic[R]):
         return self._closing
 
     def __iter__(self) -> Iterator[Hashable]:
-        return iter(list(self._members))
+        """The keys, as :attr:`pools` shows them (URIs with their secrets masked)."""
+        return iter([member.label for member in self._members.values()])
 
     def __repr__(self) -> str:
         state = "closed" if self._closing else "open" if self._entered else "not started"

@@ -231,3 +231,15 @@ async def test_bad_uri_fails_at_first_use_naming_it() -> None:
             async with group.connection("ftp://127.0.0.1/"):
                 pass
         assert dict(group.pools) == {}
+
+
+async def test_keys_taken_from_uris_are_shown_with_secrets_masked() -> None:
+    async with serve_ws() as server, open_pool_group() as group:
+        url = server.url.replace("ws://", "ws://user:hunter2@") + "?token=abc123"
+        async with group.connection(url) as ws:
+            await ws.send_text("x")
+            assert await ws.receive_text() == "x"
+        shown = repr(list(group)) + repr(dict(group.pools)) + repr(group)
+        assert "hunter2" not in shown
+        assert "abc123" not in shown
+        assert list(group) == [group.pools[next(iter(group))].uri]
