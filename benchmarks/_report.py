@@ -24,7 +24,10 @@ import _scenarios as sc
 from _scenarios import SCENARIOS, Run, Scenario
 
 #: every scenario, in the order of the report
-SPECS: list[Scenario] = sorted(SCENARIOS.values(), key=lambda spec: (len(spec.number), spec.number))
+SPECS: list[Scenario] = sorted(
+    SCENARIOS.values(),
+    key=lambda spec: (not spec.number.isdigit(), int(spec.number) if spec.number.isdigit() else 0),
+)
 EN = "\u2013"  # the en dash of ranges (escaped: ruff flags look-alike characters)
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -369,7 +372,12 @@ def write_results(out: Path, meta: dict[str, Any], runs: list[Run]) -> None:
     targets = evaluate_targets(runs, meta["backends"], meta["sizes"])
     results = {"meta": meta, "runs": runs, "summary": summary, "targets": targets}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "RESULTS.md").write_text(render_markdown(meta, runs, summary, targets) + "\n")
+    report = render_markdown(meta, runs, summary, targets) + "\n"
+    history = Path(__file__).with_name("HISTORY.md")
+    if history.exists():
+        # The figures of earlier revisions, written by hand (before / after a change).
+        report += "\n" + history.read_text()
+    (out / "RESULTS.md").write_text(report)
     written = [out / "results.json", out / "RESULTS.md"]
     if plot_throughput(summary, meta["backends"], out / "throughput.png"):
         written.append(out / "throughput.png")
