@@ -496,7 +496,7 @@ class WebSocketPool(Generic[R]):
             draining=counts[_DRAINING],
             closing=counts[_CLOSING],
             waiting=len(self._waiters),
-            circuit=CircuitState.CLOSED if self._circuit is None else self._circuit.state,
+            circuit="closed" if self._circuit is None else self._circuit.state.value,
             **{name: getattr(counters, name) for name in COUNTER_NAMES},
         )
 
