@@ -75,6 +75,10 @@ def open_pool(
             the documentation's option table (also in the README) gives each
             one's default and meaning.
 
+    Raises:
+        TypeError, ValueError: an argument or option of the wrong type or value
+            (the message names it, never a secret it holds).
+
     Examples:
         async with open_pool("wss://example.com/ws", max_connections=8) as pool:
             async with pool.connection() as ws:
@@ -106,6 +110,9 @@ def open_pool_group(
             through (never closed by the group).
         max_connections_per_key: the capacity of each key's pool.
         **options: the pools' options, as for :func:`open_pool`.
+
+    Raises:
+        TypeError, ValueError: an option of the wrong type or value.
 
     Examples:
         async with open_pool_group(max_connections=20, max_connections_per_key=8) as group:

@@ -197,19 +197,41 @@ class WebSocketPoolGroup(Generic[R]):
     def new_connection(
         self, uri: str | httpx.URL, *, key: Hashable | None = None
     ) -> AbstractAsyncContextManager[R]:
-        """Like :meth:`connection`, with a newly opened connection."""
+        """Like :meth:`connection`, with a newly opened connection.
+
+        Raises:
+            PoolTimeout, PoolOverloaded, PoolUnavailable, PoolClosed: as
+                :meth:`WebSocketPool.new_connection`.
+            ValueError: ``key`` was used before with another URI.
+        """
         return _GroupLease(self, uri, key, fresh=True)
 
     async def acquire(self, uri: str | httpx.URL, *, key: Hashable | None = None) -> R:
-        """Take a connection without a block; give it back with :meth:`release`."""
+        """Take a connection without a block; give it back with :meth:`release`.
+
+        Cancelled while it waits, it leaves no trace (as a pool's ``acquire()``).
+
+        Raises:
+            PoolTimeout, PoolOverloaded, PoolUnavailable, PoolClosed: as
+                :meth:`WebSocketPool.acquire`.
+            ValueError: ``key`` was used before with another URI.
+        """
         return await (await self.pool(uri, key=key)).acquire()
 
     async def acquire_new(self, uri: str | httpx.URL, *, key: Hashable | None = None) -> R:
-        """Like :meth:`acquire`, with a newly opened connection."""
+        """Like :meth:`acquire`, with a newly opened connection.
+
+        Raises:
+            PoolTimeout, PoolOverloaded, PoolUnavailable, PoolClosed: as
+                :meth:`WebSocketPool.acquire_new`.
+            ValueError: ``key`` was used before with another URI.
+        """
         return await (await self.pool(uri, key=key)).acquire_new()
 
     async def release(self, connection: R, *, discard: bool = False) -> None:
         """Give back a connection taken with :meth:`acquire`; ``discard=True`` closes it.
+
+        A no-op once the group is closed; it never waits for I/O.
 
         Raises:
             PoolError: no pool of the group has ``connection`` lent.
@@ -228,6 +250,9 @@ class WebSocketPoolGroup(Generic[R]):
 
     async def pool(self, uri: str | httpx.URL, *, key: Hashable | None = None) -> WebSocketPool[R]:
         """The pool of ``key`` (by default, of ``uri``), opened now if it is new.
+
+        Cancelled while the new pool opens, the pool still opens for the next
+        caller.
 
         Raises:
             ValueError: ``key`` was used before with another URI.
@@ -302,6 +327,7 @@ class WebSocketPoolGroup(Generic[R]):
 
     @property
     def is_closed(self) -> bool:
+        """Whether the group is closed (or closing)."""
         return self._closing
 
     def __iter__(self) -> Iterator[Hashable]:
@@ -324,7 +350,12 @@ class WebSocketPoolGroup(Generic[R]):
             )
 
     async def aclose(self) -> None:
-        """Close every pool of the group (concurrently); idempotent."""
+        """Close every pool of the group (concurrently); idempotent.
+
+        Each pool closes as :meth:`WebSocketPool.aclose` does, bounded by
+        ``close_timeout``; cancelling the caller does not stop the closes
+        already started. Raises nothing of its own.
+        """
         self._closing = True
         members = list(self._members.values())
         async with anyio.create_task_group() as tg:

@@ -340,6 +340,10 @@ class WebSocketPool(Generic[R]):
         longest is closed to make room; otherwise this waits like ``connection()``.
         While it waits for its new connection, borrowers queued after it that
         take any connection may be lent an existing one before it.
+
+        Raises:
+            PoolTimeout, PoolOverloaded, PoolUnavailable, PoolClosed: as
+                :meth:`connection`; and the error of the connection opened for it.
         """
         return _Lease(self, True)
 
@@ -348,14 +352,28 @@ class WebSocketPool(Generic[R]):
 
         Prefer :meth:`connection`: a connection taken here and never released
         stays lent until the pool closes (then it is closed, with a warning).
-        Raises what :meth:`connection` raises.
+        Cancelled while it waits, it leaves the queue without a trace (a
+        connection handed over at that moment goes to the next borrower).
+
+        Raises:
+            PoolTimeout: no connection within ``acquire_timeout``.
+            PoolOverloaded: ``max_waiting`` borrowers were already waiting.
+            PoolUnavailable: the circuit breaker is open and a new connection
+                would be needed.
+            PoolClosed: the pool is closed, or closed while waiting.
+            Exception: the connection error of the connection opened for it.
         """
         if self._emit is not None:
             return self._list(await self._acquire_observed(False))
         return self._list(await self._acquire(False))
 
     async def acquire_new(self) -> R:
-        """Like :meth:`acquire`, with a newly opened connection (see :meth:`new_connection`)."""
+        """Like :meth:`acquire`, with a newly opened connection (see :meth:`new_connection`).
+
+        Raises:
+            PoolTimeout, PoolOverloaded, PoolUnavailable, PoolClosed: as
+                :meth:`acquire`; and the error of the connection opened for it.
+        """
         if self._emit is not None:
             return self._list(await self._acquire_observed(True))
         return self._list(await self._acquire(True))
@@ -375,6 +393,9 @@ class WebSocketPool(Generic[R]):
         """Give back a connection taken with :meth:`acquire`; ``discard=True`` closes it.
 
         After the pool closed this is a no-op (the connection was closed with it).
+        It never waits for I/O: the connection is handed to the next borrower,
+        made idle, or closed by the pool's own task, so cancelling the caller
+        cannot leave it half given back.
 
         Raises:
             PoolError: ``connection`` is not currently lent by this pool (never
@@ -423,6 +444,8 @@ class WebSocketPool(Generic[R]):
     async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait until ``min_connections`` connections are open.
 
+        Cancelling the caller stops only the wait: the connections keep opening.
+
         Raises:
             PoolTimeout: not ready within ``timeout`` seconds (the last
                 connection error, if any, is its ``__cause__``).
@@ -447,7 +470,8 @@ class WebSocketPool(Generic[R]):
 
         Later borrowers get new connections (and ``min_connections`` are
         reopened). Use it when what the connections were opened with (a token,
-        a server address behind DNS) is no longer right.
+        a server address behind DNS) is no longer right. Synchronous; it
+        raises nothing.
         """
         self._generation += 1
         for conn in list(self._idle):
@@ -621,7 +645,8 @@ class WebSocketPool(Generic[R]):
         release is a no-op). Each close is bounded by ``close_timeout``, and so
         is the delivery of what is left for ``on_drained``. If this call is
         cancelled the connections still close, and leaving the pool's block
-        waits for them.
+        waits for them. It raises nothing of its own: errors of the connections'
+        closes are logged.
         """
         if not self._closing:
             self._closing = True
