@@ -30,11 +30,11 @@ import hashlib
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Self, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import anyio
 import httpcore
-import httpx
 import wsproto
 import wsproto.utilities
 from httpx_ws import (
@@ -66,17 +66,51 @@ Sink = Callable[[Event], None]
 S = TypeVar("S", bound=AsyncWebSocketSession)
 
 
+@dataclass(frozen=True, slots=True)
+class Flavour:
+    """What differs between the WebSocket stacks a hardened session is made for.
+
+    httpx-ws and httpx2's ``websockets`` share their session's design and
+    attribute names, but each raises its own exception types and sits on its
+    own httpcore: the hardened session finds them here.
+    """
+
+    #: the server closed the connection (``WebSocketDisconnect(code, reason)``)
+    disconnect: type[Exception]
+    #: the connection broke (``WebSocketNetworkError``)
+    network_error: type[Exception]
+    #: the upgrade was refused (``WebSocketUpgradeError(response)``)
+    upgrade_error: type[Exception]
+    #: the base of the stack's WebSocket errors
+    base_error: type[Exception]
+    #: what reading or writing the network stream raises when it broke (or was closed)
+    io_errors: tuple[type[Exception], ...]
+    #: what writing it raises then
+    write_errors: tuple[type[Exception], ...]
+
+
+#: httpx + httpx-ws
+HTTPX_WS = Flavour(
+    disconnect=WebSocketDisconnect,
+    network_error=WebSocketNetworkError,
+    upgrade_error=WebSocketUpgradeError,
+    base_error=HTTPXWSException,
+    io_errors=(httpcore.ReadError, httpcore.WriteError, anyio.ClosedResourceError),
+    write_errors=(httpcore.WriteError, anyio.ClosedResourceError),
+)
+
+
 def expected_accept(key: str) -> str:
     """The ``Sec-WebSocket-Accept`` value that answers ``key`` (RFC 6455 §4.2.2)."""
     digest = hashlib.sha1(key.encode("ascii") + _ACCEPT_GUID).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
-def _check_accept(response: httpx.Response) -> None:
+def _check_accept(response: Any, flavour: Flavour) -> None:
     key = response.request.headers.get("sec-websocket-key")
     accept = response.headers.get("sec-websocket-accept")
     if key is None or accept is None or accept.strip() != expected_accept(key):
-        error = WebSocketUpgradeError(response)
+        error = flavour.upgrade_error(response)
         error.args = (
             "the server's Sec-WebSocket-Accept header does not answer the key that was sent "
             f"(got {accept!r}); this is not a WebSocket server that follows RFC 6455",
@@ -84,29 +118,44 @@ def _check_accept(response: httpx.Response) -> None:
         raise error
 
 
-class PooledWebSocketSession(AsyncWebSocketSession):
-    """An :class:`httpx_ws.AsyncWebSocketSession` fit for a pool (see the module doc)."""
+class HardenedSession:
+    """What makes a stack's session fit for a pool (see the module doc).
 
+    A mixin: the session class of a stack is ``class X(HardenedSession,
+    TheStacksSession)`` with that stack's :class:`Flavour`.
+    """
+
+    #: the stack's exception types
+    flavour: ClassVar[Flavour]
     #: seconds the closing handshake may take before the socket is aborted; the
     #: pool's connector sets its ``close_timeout`` here (see :meth:`pool_attach`)
     close_timeout: float = 5.0
 
-    def __init__(
-        self,
-        stream: httpcore.AsyncNetworkStream,
-        *,
-        response: httpx.Response | None = None,
-        **options: Any,
-    ) -> None:
+    if TYPE_CHECKING:
+        # Set by the stack's session (httpx-ws's design, shared by httpx2).
+        stream: Any
+        connection: Any
+        _should_close: anyio.Event
+        _ping_manager: Any
+        _write_lock: anyio.Lock
+        _queue_size: int
+        _max_message_size_bytes: int
+        _keepalive_ping_interval_seconds: float | None
+        _keepalive_ping_timeout_seconds: float | None
+        _background_task_group: Any
+
+        async def ping(self, payload: bytes = b"") -> anyio.Event: ...
+
+    def __init__(self, stream: Any, *, response: Any = None, **options: Any) -> None:
         if response is not None:
-            _check_accept(response)
-        super().__init__(stream, response=response, **options)
+            _check_accept(response, self.flavour)
+        super().__init__(stream, response=response, **options)  # type: ignore[call-arg]
         self._inbox: deque[Event] = deque()
         self._inbox_ready: anyio.Event | None = None
         self._inbox_space: anyio.Event | None = None
         # set once the connection can carry no more messages: what receive()
         # raises after the buffered messages have been read
-        self._terminal: HTTPXWSException | None = None
+        self._terminal: Exception | None = None
         self._sink: Sink | None = None
         #: whether the server started the closing handshake (its code is the terminal's)
         self._closed_by_server = False
@@ -132,8 +181,9 @@ class PooledWebSocketSession(AsyncWebSocketSession):
     def pool_close_code(self) -> int | None:
         """The code of the server's close frame, if the server closed the connection."""
         terminal = self._terminal
-        if isinstance(terminal, WebSocketDisconnect) and self._closed_by_server:
-            return terminal.code
+        if isinstance(terminal, self.flavour.disconnect) and self._closed_by_server:
+            code: int = getattr(terminal, "code")  # noqa: B009 (the stack's own type)
+            return code
         return None
 
     def pool_closed_error(self) -> Exception:
@@ -191,7 +241,7 @@ class PooledWebSocketSession(AsyncWebSocketSession):
                 self._inbox_space = anyio.Event()
             await self._inbox_space.wait()
 
-    def _fail(self, error: HTTPXWSException) -> None:
+    def _fail(self, error: Exception) -> None:
         """Mark the connection dead: ``receive()`` raises ``error`` once the buffer is read."""
         if self._terminal is None:
             self._terminal = error
@@ -201,13 +251,17 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             if self._on_dead is not None:
                 self._on_dead()
 
-    def _disconnect_error(self) -> HTTPXWSException:
+    def _disconnect_error(self) -> Exception:
+        flavour = self.flavour
         terminal = self._terminal
         if terminal is not None:
-            if isinstance(terminal, WebSocketDisconnect):
-                return WebSocketDisconnect(terminal.code, terminal.reason)
-            return WebSocketNetworkError(*terminal.args)
-        return WebSocketDisconnect(1006, "the connection is closed")
+            if isinstance(terminal, flavour.disconnect):
+                return flavour.disconnect(
+                    getattr(terminal, "code"),  # noqa: B009 (the stack's own type)
+                    getattr(terminal, "reason"),  # noqa: B009
+                )
+            return flavour.network_error(*terminal.args)
+        return flavour.disconnect(1006, "the connection is closed")
 
     async def receive(self, timeout: float | None = None) -> Event:  # noqa: ASYNC109 (httpx-ws API)
         """Receive the next event from the server (httpx-ws's semantics).
@@ -246,16 +300,18 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             # close frame is flushed before the socket is torn down.
             while await self.stream.read(max_bytes):
                 pass
-        except (httpcore.ReadError, httpcore.WriteError, anyio.ClosedResourceError) as exc:
-            self._fail(WebSocketNetworkError(f"the connection broke: {type(exc).__name__}"))
+        except self.flavour.io_errors as exc:
+            self._fail(self.flavour.network_error(f"the connection broke: {type(exc).__name__}"))
         except wsproto.utilities.RemoteProtocolError as exc:
-            self._fail(WebSocketNetworkError(f"the server broke the protocol: {exc}"))
+            self._fail(self.flavour.network_error(f"the server broke the protocol: {exc}"))
         except wsproto.utilities.LocalProtocolError as exc:
             # Not expected (every send checks the state first), but the reader
             # must not die with an exception that would tear the session down.
-            self._fail(WebSocketNetworkError(f"the connection is in no state to answer: {exc}"))
+            self._fail(
+                self.flavour.network_error(f"the connection is in no state to answer: {exc}")
+            )
         finally:
-            self._fail(WebSocketDisconnect(1006, "the server closed the socket"))
+            self._fail(self.flavour.disconnect(1006, "the server closed the socket"))
             self._reader_done.set()
 
     async def _read_frames(self, max_bytes: int) -> None:
@@ -274,7 +330,7 @@ class PooledWebSocketSession(AsyncWebSocketSession):
                     if size > limit:
                         # httpx-ws's joiner has no limit; RFC 6455 §7.4.1: 1009.
                         self._fail(
-                            WebSocketDisconnect(
+                            self.flavour.disconnect(
                                 1009, f"a message exceeded max_message_size_bytes={limit}"
                             )
                         )
@@ -307,7 +363,7 @@ class PooledWebSocketSession(AsyncWebSocketSession):
                         and self.connection.state is ConnectionState.REMOTE_CLOSING
                     ):
                         self._closed_by_server = True  # not the answer to our close
-                    self._fail(WebSocketDisconnect(event.code, event.reason))
+                    self._fail(self.flavour.disconnect(event.code, event.reason))
                     if self.connection.state is ConnectionState.REMOTE_CLOSING:
                         await self._write(self.connection.send(event.response()))
                     return
@@ -319,13 +375,15 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             await anyio.sleep(interval_seconds)
             try:
                 pong = await self.ping()
-            except HTTPXWSException:
+            except self.flavour.base_error:
                 return
             with anyio.move_on_after(math.inf if timeout_seconds is None else timeout_seconds):
                 await pong.wait()
                 continue
             self._fail(
-                WebSocketNetworkError(f"no answer to a keep-alive ping within {timeout_seconds} s")
+                self.flavour.network_error(
+                    f"no answer to a keep-alive ping within {timeout_seconds} s"
+                )
             )
             await self.close(1011, "keep-alive ping timeout")
             return
@@ -350,8 +408,8 @@ class PooledWebSocketSession(AsyncWebSocketSession):
             raise self._disconnect_error() from exc
         try:
             await self._write(data)
-        except (httpcore.WriteError, anyio.ClosedResourceError) as exc:
-            self._fail(WebSocketNetworkError(f"the connection broke: {type(exc).__name__}"))
+        except self.flavour.write_errors as exc:
+            self._fail(self.flavour.network_error(f"the connection broke: {type(exc).__name__}"))
             with anyio.CancelScope(shield=True):
                 await self.close(1011, "write error")
             raise self._disconnect_error() from exc
@@ -359,9 +417,7 @@ class PooledWebSocketSession(AsyncWebSocketSession):
     async def _send_close_frame(self, code: int, reason: str | None) -> None:
         if self.connection.state in _CLOSED_STATES:
             return
-        with contextlib.suppress(
-            httpcore.WriteError, anyio.ClosedResourceError, wsproto.utilities.LocalProtocolError
-        ):
+        with contextlib.suppress(*self.flavour.write_errors, wsproto.utilities.LocalProtocolError):
             await self._write(self.connection.send(CloseConnection(code, reason)))
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
@@ -376,7 +432,7 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         answer can come. Closing twice is a no-op.
         """
         self._should_close.set()
-        if isinstance(self._terminal, WebSocketNetworkError):
+        if isinstance(self._terminal, self.flavour.network_error):
             await self._abort()
             return
         with anyio.move_on_after(self.close_timeout) as scope:
@@ -387,7 +443,7 @@ class PooledWebSocketSession(AsyncWebSocketSession):
         if scope.cancelled_caught:
             await self._abort()
         if self._terminal is None:
-            self._terminal = WebSocketDisconnect(code, reason)
+            self._terminal = self.flavour.disconnect(code, reason)
             self._wake_readers()
 
     async def _abort(self) -> None:
@@ -416,6 +472,12 @@ class PooledWebSocketSession(AsyncWebSocketSession):
                 with anyio.CancelScope(shield=True):
                     await self.close()
                 tg.cancel_scope.cancel()
+
+
+class PooledWebSocketSession(HardenedSession, AsyncWebSocketSession):
+    """An :class:`httpx_ws.AsyncWebSocketSession` fit for a pool (see the module doc)."""
+
+    flavour = HTTPX_WS
 
 
 _hardened: dict[type[AsyncWebSocketSession], type[AsyncWebSocketSession]] = {
