@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar, Unpack, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, cast, overload
 
 import httpx
 from httpx_ws import AsyncWebSocketSession
@@ -13,9 +13,22 @@ from ._group import WebSocketPoolGroup, make_group
 from ._options import PoolOptions, WsOptions
 from ._pool import WebSocketPool
 
+if TYPE_CHECKING:
+    import httpx2
+    from httpx2.websockets import AsyncWebSocketSession as Httpx2Session
+
 __all__ = ("open_pool", "open_pool_group")
 
 R = TypeVar("R")
+
+
+@overload
+def open_pool(
+    uri: str | httpx.URL,
+    *,
+    client: httpx2.AsyncClient,
+    **options: Unpack[WsOptions],
+) -> WebSocketPool[Httpx2Session]: ...
 
 
 @overload
@@ -51,7 +64,7 @@ def open_pool(
     *,
     connect: Callable[[], Any] | None = None,
     close: Callable[[Any], Awaitable[object]] | None = None,
-    client: httpx.AsyncClient | None = None,
+    client: httpx.AsyncClient | httpx2.AsyncClient | None = None,
     **options: Any,
 ) -> WebSocketPool[Any]:
     """Create a pool; use the result as an async context manager.
@@ -70,6 +83,9 @@ def open_pool(
         close: with ``connect``, an async callable that closes a resource.
         client: an ``httpx.AsyncClient`` to connect through (never closed by
             the pool); by default the pool makes one and closes it at the end.
+            An ``httpx2.AsyncClient`` makes the pool connect with httpx2's own
+            WebSockets and lend ``httpx2.websockets.AsyncWebSocketSession``
+            objects (the ``anyio-wspool[httpx2]`` extra).
         **options: the pool's options, and for a pool given ``uri`` httpx-ws's
             (``headers``, ``subprotocols``, ``max_message_size_bytes``, ...);
             the documentation's option table (also in the README) gives each

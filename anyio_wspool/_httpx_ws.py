@@ -22,18 +22,38 @@ from wsproto.events import BytesMessage, TextMessage
 
 from ._connector import Connector, Sink
 from ._redact import RedactorHandle, install_log_redactor, redact_url, scrub_error
-from ._session import PooledWebSocketSession, hardened_session_class
+from ._session import HardenedSession, hardened_session_class
 
-#: the loggers whose records may carry a secret: httpx's request log, httpcore's trace
-_REDACTED_LOGGERS = (
-    "httpx",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
+#: the loggers whose records may carry a secret: httpx's (and httpx2's) request
+#: log, httpcore's (and httpcore2's) trace
+_REDACTED_LOGGERS = tuple(
+    f"{name}{suffix}"
+    for name, suffixes in (
+        ("httpx", ("", "2")),
+        (
+            "httpcore",
+            (
+                ".connection",
+                ".http11",
+                ".http2",
+                ".proxy",
+                "2.connection",
+                "2.http11",
+                "2.http2",
+                "2.proxy",
+            ),
+        ),
+    )
+    for suffix in suffixes
 )
 
-__all__ = ("HttpxWsConnector", "check_httpx_option", "check_uri", "client_connection_limit")
+__all__ = (
+    "HttpxWsConnector",
+    "check_httpx_option",
+    "check_uri",
+    "client_connection_limit",
+    "httpx_library",
+)
 
 _SCHEMES = frozenset({"ws", "wss", "http", "https"})
 
@@ -44,9 +64,9 @@ _HEADER_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _HEADER_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 
 
-def _check_headers(value: Any) -> httpx.Headers:
+def _check_headers(value: Any, lib: Any) -> Any:
     try:
-        headers = httpx.Headers(value)
+        headers = lib.Headers(value)
     except Exception:
         raise TypeError(
             "headers must be a mapping, or a list of (name, value) pairs, of str or "
@@ -64,8 +84,8 @@ def _check_headers(value: Any) -> httpx.Headers:
     return headers
 
 
-def _check_auth(value: Any) -> object:
-    if value is None or isinstance(value, httpx.Auth) or callable(value):
+def _check_auth(value: Any, lib: Any) -> object:
+    if value is None or isinstance(value, lib.Auth) or callable(value):
         return value
     if (
         isinstance(value, tuple)
@@ -74,21 +94,21 @@ def _check_auth(value: Any) -> object:
     ):
         return value
     raise TypeError(
-        "auth must be an httpx.Auth, a (username, password) tuple or a callable, "
+        f"auth must be an {lib.__name__}.Auth, a (username, password) tuple or a callable, "
         f"got a {type(value).__name__} (not shown); for a bearer token pass "
         "headers={'Authorization': 'Bearer ...'}"
     )
 
 
-def _check_cookies(value: Any) -> object:
+def _check_cookies(value: Any, lib: Any) -> object:
     if value is None:
         return None
     try:
-        cookies = httpx.Cookies(value)
+        cookies = lib.Cookies(value)
         pairs = [(cookie.name, cookie.value or "") for cookie in cookies.jar]
     except Exception:
         raise TypeError(
-            "cookies must be an httpx.Cookies, a CookieJar or a mapping of str to str; "
+            f"cookies must be an {lib.__name__}.Cookies, a CookieJar or a mapping of str to str; "
             "the values are not shown"
         ) from None
     for name, field in pairs:
@@ -102,22 +122,23 @@ def _check_cookies(value: Any) -> object:
     return value
 
 
-def check_httpx_option(name: str, value: Any) -> object:
+def check_httpx_option(name: str, value: Any, lib: Any = httpx) -> object:
     """Check an option passed on to httpx, never showing its value in the error.
 
     ``headers``, ``auth``, ``cookies``, ``params``, ``timeout`` and
-    ``extensions`` are checked the way httpx and h11 would check them at the
-    first handshake, so that no error text of theirs can echo a secret later.
+    ``extensions`` are checked the way httpx (or httpx2, as ``lib``) and h11
+    would check them at the first handshake, so that no error text of theirs
+    can echo a secret later.
     """
     if name == "headers":
-        return None if value is None else _check_headers(value)
+        return None if value is None else _check_headers(value, lib)
     if name == "auth":
-        return _check_auth(value)
+        return _check_auth(value, lib)
     if name == "cookies":
-        return _check_cookies(value)
+        return _check_cookies(value, lib)
     if name == "params":
         try:
-            return None if value is None else httpx.QueryParams(value)
+            return None if value is None else lib.QueryParams(value)
         except Exception:
             raise TypeError(
                 "params must be a mapping or a list of pairs of str (or numbers); "
@@ -125,10 +146,10 @@ def check_httpx_option(name: str, value: Any) -> object:
             ) from None
     if name == "timeout":
         try:
-            return httpx.Timeout(value)
+            return lib.Timeout(value)
         except Exception:
             raise TypeError(
-                "timeout must be an httpx.Timeout, a number of seconds, or None"
+                f"timeout must be an {lib.__name__}.Timeout, a number of seconds, or None"
             ) from None
     if name == "extensions":
         if not isinstance(value, dict):
@@ -164,8 +185,21 @@ def client_connection_limit(client: httpx.AsyncClient) -> int | None:
     return limit if isinstance(limit, int) else None
 
 
-class HttpxWsConnector(Connector[PooledWebSocketSession]):
-    """``open_pool(uri)``: httpx-ws sessions, hardened (see :mod:`._session`)."""
+def httpx_library(client: object) -> Any:
+    """The httpx of ``client``: ``httpx``, or ``httpx2`` for an ``httpx2.AsyncClient``.
+
+    Raises:
+        ImportError: an httpx2 client, without httpx2's WebSocket support.
+    """
+    if client is not None and type(client).__module__.partition(".")[0] == "httpx2":
+        from . import _httpx2  # an ImportError here names the extra
+
+        return _httpx2.LIB
+    return httpx
+
+
+class HttpxWsConnector(Connector[HardenedSession]):
+    """``open_pool(uri)``: httpx-ws sessions, or httpx2's, hardened (see :mod:`._session`)."""
 
     def __init__(
         self,
@@ -176,27 +210,35 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
         connect_timeout: float,
         close_timeout: float,
     ) -> None:
-        if client is not None and not isinstance(client, httpx.AsyncClient):
-            if type(client).__module__.split(".")[0] == "httpx2":
-                raise NotImplementedError(
-                    "httpx2 clients are not supported by this version of anyio_wspool; "
-                    "pass an httpx.AsyncClient"
-                )
-            raise TypeError(f"client must be an httpx.AsyncClient, got {type(client)!r}")
+        lib = httpx_library(client)
+        if client is not None and not isinstance(client, lib.AsyncClient):
+            raise TypeError(
+                "client must be an httpx.AsyncClient or an httpx2.AsyncClient, "
+                f"got {type(client)!r}"
+            )
+        self._lib = lib
         self.url = url
         self.target = self.uri = redact_url(url)
         self._given_client = client
-        self._client: httpx.AsyncClient | None = client
+        self._client: Any = client
         self._connect_timeout = connect_timeout
         self._close_timeout = close_timeout
         options = dict(options)
         headers = options.pop("headers", None)
         # Copied now and again for every handshake: httpx-ws adds its upgrade
         # headers to the dict it is given, and the caller's must stay untouched.
-        self._headers = httpx.Headers(headers) if headers is not None else httpx.Headers()
-        self._session_class = hardened_session_class(
-            options.pop("session_class", AsyncWebSocketSession)
-        )
+        self._headers = lib.Headers(headers) if headers is not None else lib.Headers()
+        self._session_class: type[HardenedSession]
+        if lib is httpx:
+            self._session_class = hardened_session_class(
+                options.pop("session_class", AsyncWebSocketSession)
+            )
+        else:
+            from . import _httpx2
+
+            self._session_class = _httpx2.hardened_session_class(
+                options.pop("session_class", _httpx2.BaseSession)
+            )
         self._options = options
         self._redactors: list[RedactorHandle] = []
 
@@ -207,11 +249,12 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
             return  # the pool's own client has no limit of its own
         limit = client_connection_limit(self._given_client)
         if limit is not None and limit < max_connections:
+            lib = self._lib.__name__
             raise ValueError(
-                f"the given httpx.AsyncClient allows at most {limit} connections "
-                f"(httpx.Limits.max_connections) but max_connections={max_connections}: "
+                f"the given {lib}.AsyncClient allows at most {limit} connections "
+                f"({lib}.Limits.max_connections) but max_connections={max_connections}: "
                 "each open WebSocket holds one of the client's connections for its whole "
-                f"life. Give the client limits=httpx.Limits(max_connections={max_connections}) "
+                f"life. Give the client limits={lib}.Limits(max_connections={max_connections}) "
                 "or more, or lower max_connections."
             )
 
@@ -252,25 +295,46 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
 
     # -- connecting -----------------------------------------------------------
 
-    def open(self) -> AbstractAsyncContextManager[PooledWebSocketSession]:
+    def open(self) -> AbstractAsyncContextManager[HardenedSession]:
         assert self._client is not None, "the pool has not started this connector"
+        if self._lib is not httpx:
+            from . import _httpx2
+
+            return cast(
+                AbstractAsyncContextManager[HardenedSession],
+                _httpx2.open_session(
+                    self._client,
+                    str(self.url),
+                    self._headers.copy(),
+                    cast(type[_httpx2.PooledHttpx2Session], self._session_class),
+                    self._options,
+                ),
+            )
         # Every session is of a hardened class (session_class below).
         return cast(
-            AbstractAsyncContextManager[PooledWebSocketSession],
+            AbstractAsyncContextManager[HardenedSession],
             aconnect_ws(
                 str(self.url),
                 self._client,
                 headers=self._headers.copy(),
-                session_class=self._session_class,
+                session_class=cast(type[AsyncWebSocketSession], self._session_class),
                 **self._options,
             ),
         )
 
+    def is_transient(self, error: Exception) -> bool:
+        if self._lib is not httpx:
+            from . import _httpx2
+
+            return _httpx2.is_transient(error)
+        return super().is_transient(error)
+
     def timeout_error(self, seconds: float) -> Exception:
-        return httpx.ConnectTimeout(
+        error: Exception = self._lib.ConnectTimeout(
             f"the WebSocket handshake with {self.target} took longer than "
             f"connect_timeout={seconds:g} s"
         )
+        return error
 
     def describe(self, event: object) -> str:
         if isinstance(event, TextMessage):
@@ -281,24 +345,24 @@ class HttpxWsConnector(Connector[PooledWebSocketSession]):
 
     # -- lending ----------------------------------------------------------------
 
-    def attach(self, resource: PooledWebSocketSession, on_dead: Callable[[], None]) -> None:
+    def attach(self, resource: HardenedSession, on_dead: Callable[[], None]) -> None:
         resource.pool_attach(on_dead, self._close_timeout)
 
-    def usable(self, resource: PooledWebSocketSession) -> bool:
+    def usable(self, resource: HardenedSession) -> bool:
         return resource.pool_usable
 
-    def closed_error(self, resource: PooledWebSocketSession) -> Exception:
+    def closed_error(self, resource: HardenedSession) -> Exception:
         return resource.pool_closed_error()
 
-    def close_code(self, resource: PooledWebSocketSession) -> int | None:
+    def close_code(self, resource: HardenedSession) -> int | None:
         return resource.pool_close_code
 
-    def park(self, resource: PooledWebSocketSession, sink: Sink) -> None:
+    def park(self, resource: HardenedSession, sink: Sink) -> None:
         resource.pool_park(sink)
 
-    def unpark(self, resource: PooledWebSocketSession) -> None:
+    def unpark(self, resource: HardenedSession) -> None:
         resource.pool_unpark()
 
-    async def ping(self, resource: PooledWebSocketSession) -> None:
+    async def ping(self, resource: HardenedSession) -> None:
         pong = await resource.ping()
         await pong.wait()

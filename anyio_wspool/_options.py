@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
+import httpx
+
 from ._connector import Connector, GenericConnector
-from ._httpx_ws import HttpxWsConnector, check_httpx_option, check_uri
+from ._httpx_ws import HttpxWsConnector, check_httpx_option, check_uri, httpx_library
 
 __all__ = ("Config", "PoolOptions", "WsOptions", "configure", "parse_options")
 
@@ -200,7 +202,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def _check_ws_option(name: str, value: Any) -> Any:
+def _check_ws_option(name: str, value: Any, lib: Any) -> Any:
     if name in {"max_message_size_bytes", "queue_size"}:
         return check_int(name, value, minimum=1)
     if name in {"keepalive_ping_interval_seconds", "keepalive_ping_timeout_seconds"}:
@@ -215,11 +217,15 @@ def _check_ws_option(name: str, value: Any) -> Any:
         return check_bool(name, value)
     # headers, auth, cookies, params, timeout, extensions: httpx's own
     # arguments, whose values may be secrets; checked by the connector.
-    return check_httpx_option(name, value)
+    return check_httpx_option(name, value, lib)
 
 
-def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
-    """Validate ``options`` (the keywords of ``open_pool`` but for uri/connect/close/client)."""
+def parse_options(options: Mapping[str, Any], *, websocket: bool, lib: Any = httpx) -> Config:
+    """Validate ``options`` (the keywords of ``open_pool`` but for uri/connect/close/client).
+
+    ``lib`` is the client's httpx (``httpx``, or ``httpx2``) for the options
+    passed on to it.
+    """
     pool: dict[str, Any] = {}
     ws: dict[str, Any] = {}
     for name, value in options.items():
@@ -234,7 +240,7 @@ def parse_options(options: Mapping[str, Any], *, websocket: bool) -> Config:
                     f"option {name!r} is an httpx-ws option: it applies to a pool given "
                     "a uri, not to one given connect=; configure your connector instead"
                 )
-            ws[name] = _check_ws_option(name, value)
+            ws[name] = _check_ws_option(name, value, lib)
         elif name in _CHECKS:
             pool[name] = _CHECKS[name](name, value)
         else:
@@ -295,7 +301,7 @@ def configure(
                 "close= goes with connect=; a pool given a uri closes its WebSocket sessions itself"
             )
         url = check_uri(uri)
-        config = parse_options(options, websocket=True)
+        config = parse_options(options, websocket=True, lib=httpx_library(client))
         connector = HttpxWsConnector(
             url,
             client,

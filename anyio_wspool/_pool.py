@@ -59,6 +59,8 @@ from ._waiters import Waiter, WaiterQueue
 
 if TYPE_CHECKING:
     import httpx
+    import httpx2
+    from httpx2.websockets import AsyncWebSocketSession as Httpx2Session
     from httpx_ws import AsyncWebSocketSession
 
     from ._group import GroupCapacity
@@ -161,6 +163,15 @@ class WebSocketPool(Generic[R]):
 
     @overload
     def __init__(
+        self: WebSocketPool[Httpx2Session],
+        uri: str | httpx.URL,
+        *,
+        client: httpx2.AsyncClient,
+        **options: Unpack[WsOptions],
+    ) -> None: ...
+
+    @overload
+    def __init__(
         self: WebSocketPool[AsyncWebSocketSession],
         uri: str | httpx.URL,
         *,
@@ -193,7 +204,7 @@ class WebSocketPool(Generic[R]):
         *,
         connect: Callable[[], Any] | None = None,
         close: Callable[[Any], Awaitable[object]] | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: httpx.AsyncClient | httpx2.AsyncClient | None = None,
         **options: Any,
     ) -> None:
         config, connector = configure(uri, connect, close, client, options)

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from . import _stacks
 from ._external_server import ExternalServer, run_external_server
 from ._wsserver import WSServer, serve_ws
 
@@ -35,3 +36,14 @@ def external_server() -> Iterator[ExternalServer]:
     """The ``websockets``-based server subprocess, shared by the session."""
     with run_external_server() as server:
         yield server
+
+
+@pytest.fixture(params=_stacks.STACKS)
+def stack(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on httpx + httpx-ws, then on httpx2 (see ``tests/_stacks.py``)."""
+    stack: str = request.param
+    _stacks.use(stack)
+    try:
+        yield stack
+    finally:
+        _stacks.use("httpx")

@@ -19,13 +19,13 @@ from anyio_wspool import (
     PoolStats,
     PoolTimeout,
     WebSocketPool,
-    open_pool,
 )
 
+from ._stacks import open_pool
 from ._util import until
 from ._wsserver import WSServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 
 def assert_within_capacity(stats: PoolStats) -> None:

@@ -12,12 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.events import Event, TextMessage
 
-from anyio_wspool import open_pool
-
+from ._stacks import open_pool
 from ._util import until
 from ._wsserver import WSServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 
 def text_of(event: Event) -> str:

@@ -8,12 +8,13 @@ import httpx
 import pytest
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 
-from anyio_wspool import WebSocketPool, open_pool
+from anyio_wspool import WebSocketPool
 
 from ._external_server import ExternalServer
+from ._stacks import open_pool
 from ._wsserver import WSServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 
 async def test_echo_through_external_server_with_given_client(

@@ -14,16 +14,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
-from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, WebSocketUpgradeError
+from httpx_ws import AsyncWebSocketSession
 
-from anyio_wspool import PoolClosed, PoolTimeout, open_pool
+from anyio_wspool import PoolClosed, PoolTimeout
 
+from ._stacks import ConnectTimeout, WebSocketDisconnect, WebSocketUpgradeError, open_pool
 from ._util import until, wait_closed
 from ._wsserver import WSServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 #: this file's lines (test_lease_warning_names_the_task_and_the_line_once looks one up)
 SOURCE = Path(__file__).read_text().splitlines()
@@ -234,6 +234,7 @@ async def test_server_error_is_retried_connect_attempts_times(ws_server: WSServe
     async with open_pool(ws_server.url, connect_attempts=4, retry_backoff=0.01) as pool:
         with pytest.raises(WebSocketUpgradeError) as info:
             await pool.acquire()
+    assert isinstance(info.value, WebSocketUpgradeError)
     assert info.value.response.status_code == 503
     assert ws_server.rejected == 4
     assert "4 attempt(s)" in "".join(getattr(info.value, "__notes__", []))
@@ -253,7 +254,7 @@ async def test_blackholed_connect_is_retried_with_a_timeout_each(ws_server: WSSe
     async with open_pool(
         ws_server.url, connect_timeout=0.1, connect_attempts=3, retry_backoff=0.01
     ) as pool:
-        with pytest.raises(httpx.ConnectTimeout):
+        with pytest.raises(ConnectTimeout):
             await pool.acquire()
     assert ws_server.tcp_accepted == 3
 
@@ -272,7 +273,7 @@ async def test_backoff_grows_and_is_capped() -> None:
         connect=refused, connect_attempts=5, retry_backoff=0.04, retry_backoff_max=0.1
     ) as pool:
         assert pool._host is not None
-        pool._host._rng.uniform = lambda a, b: b  # type: ignore[method-assign]
+        pool._host._rng.uniform = lambda a, b: b
         with pytest.raises(ConnectionRefusedError):
             await pool.acquire()
     gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
@@ -346,6 +347,7 @@ async def test_server_close_during_on_connect_is_a_failed_attempt_with_its_code(
     async with open_pool(ws_server.url, on_connect=login, retry_backoff=0.01) as pool:
         with pytest.raises(WebSocketDisconnect) as caught:
             await pool.acquire()
+        assert isinstance(caught.value, WebSocketDisconnect)
         assert caught.value.code == 1008
         assert pool.stats.opened == 0
         assert pool.stats.connect_failures == 1

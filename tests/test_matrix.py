@@ -22,12 +22,13 @@ import anyio
 import pytest
 from httpx_ws import AsyncWebSocketSession
 
-from anyio_wspool import PoolClosed, WebSocketPool, open_pool
+from anyio_wspool import PoolClosed, WebSocketPool
 
+from ._stacks import open_pool
 from ._util import until
 from ._wsserver import WSServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 CLOSE_TIMEOUT = 0.5
 #: what leaving may take beyond close_timeout (scheduling, sockets on loopback)

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from anyio_wspool import PoolTimeout, open_pool
+from anyio_wspool import PoolTimeout
 from anyio_wspool._redact import redact_text, redact_url
 
+from ._stacks import open_pool
 from ._wsserver import WSServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("stack")]
 
 SECRETS = ("hunter2", "sk-123", "Bearer-xyz", "cookie-abc")
 
