@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
 import anyio
 import anyio.lowlevel
 import httpx
+import httpx2
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 
 from anyio_wspool import WebSocketPool, open_pool
@@ -404,6 +405,14 @@ def new_client() -> httpx.AsyncClient:
     )
 
 
+def new_httpx2_client() -> httpx2.AsyncClient:
+    """The same, for httpx2."""
+    return httpx2.AsyncClient(
+        limits=httpx2.Limits(max_connections=None, max_keepalive_connections=0),
+        timeout=httpx2.Timeout(30.0),
+    )
+
+
 async def server_handshakes(ctx: Context) -> int:
     """How many WebSocket handshakes the echo server has accepted so far (``GET /count``)."""
     async with httpx.AsyncClient(timeout=10.0) as client:
@@ -423,6 +432,12 @@ def connect_ws(
 
 async def echo(ws: AsyncWebSocketSession) -> None:
     """One round trip on an httpx-ws session."""
+    await ws.send_bytes(PAYLOAD)
+    await ws.receive_bytes()
+
+
+async def echo_any(ws: Any) -> None:
+    """One round trip on a session of httpx-ws's API (httpx2's included)."""
     await ws.send_bytes(PAYLOAD)
     await ws.receive_bytes()
 
@@ -785,6 +800,8 @@ ECHO_POOL = "anyio_wspool, httpx-ws"
 ECHO_QUEUE = "queue of 16 httpx-ws sessions"
 ECHO_HARDENED = "queue of 16 hardened sessions (the pool's session class, no pool)"
 ECHO_PER_REQUEST = "aconnect_ws per request"
+ECHO_POOL_HTTPX2 = "anyio_wspool, httpx2"
+ECHO_QUEUE_HTTPX2 = "queue of 16 httpx2 sessions"
 
 
 @scenario(
@@ -801,6 +818,12 @@ ECHO_PER_REQUEST = "aconnect_ws per request"
         Target("multiple over aconnect_ws per request (a)",
                ECHO_POOL, "round_trips_per_s >= 1.0", ECHO_PER_REQUEST, role="reported"),
         Target("server-counted handshakes of the pool = 16", ECHO_POOL, "server_handshakes == 16"),
+        Target(f"httpx2: pooled echo ≥ 0.95{X} queue of 16 httpx2 sessions",
+               ECHO_POOL_HTTPX2, "round_trips_per_s >= 0.95", ECHO_QUEUE_HTTPX2),
+        Target("httpx2 against httpx-ws, raw: queue of httpx2 sessions against queue of httpx-ws's",
+               ECHO_QUEUE_HTTPX2, "round_trips_per_s >= 1.0", ECHO_QUEUE, role="reported"),
+        Target("httpx2 against httpx-ws, pooled",
+               ECHO_POOL_HTTPX2, "round_trips_per_s >= 1.0", ECHO_POOL, role="reported"),
     ],
 )  # fmt: skip
 async def scenario_echo(ctx: Context) -> None:
@@ -813,7 +836,10 @@ async def scenario_echo(ctx: Context) -> None:
     httpx-ws; (a) `aconnect_ws` per request (fewer requests, same rate). The
     diagnostic row 'queue of 16 hardened sessions' uses the pool's own session
     class without the pool: it separates the cost of lending from the cost of
-    the session. `server_handshakes` is counted by the echo server.
+    the session. The same workload runs on httpx2 (its built-in WebSockets), the
+    pool given an `httpx2.AsyncClient` against a queue of 16 httpx2 sessions, so
+    that a user can see which stack to pick. `server_handshakes` is counted by
+    the echo server.
     """
     sizes = ctx.sizes
     tasks, connections, segments = sizes.echo_tasks, sizes.echo_connections, sizes.segments
@@ -830,6 +856,7 @@ async def scenario_echo(ctx: Context) -> None:
     handshakes: dict[str, int] = {}
     # Connections the pool opened after its warm-up count as its own.
     extra: list[int] = []
+    extra2: list[int] = []
 
     def counted(name: str, factory: ContenderFactory) -> ContenderFactory:
         """Count the server's handshakes while ``factory`` sets its contender up."""
@@ -843,7 +870,7 @@ async def scenario_echo(ctx: Context) -> None:
 
         return wrapper
 
-    async with new_client() as client:
+    async with new_client() as client, new_httpx2_client() as client2:
         sessions = {ECHO_QUEUE: AsyncWebSocketSession, ECHO_HARDENED: hardened}
         contenders = {
             ECHO_POOL: counted(
@@ -862,8 +889,24 @@ async def scenario_echo(ctx: Context) -> None:
             if session_class is not None:
                 open_one = partial(connect_ws, ctx.uri, client, session_class)
                 contenders[name] = counted(name, queued(open_one, connections, tasks, rounds, echo))
+        contenders[ECHO_POOL_HTTPX2] = counted(
+            ECHO_POOL_HTTPX2,
+            pooled(
+                lambda: open_pool(ctx.uri, client=client2, max_connections=connections),
+                connections,
+                tasks,
+                rounds,
+                echo_any,
+                lambda pool: extra2.append(pool.stats.opened - connections),
+            ),
+        )
+        contenders[ECHO_QUEUE_HTTPX2] = counted(
+            ECHO_QUEUE_HTTPX2,
+            queued(lambda: client2.websocket(ctx.uri), connections, tasks, rounds, echo_any),
+        )
         totals = await interleave(contenders, segments, ctx.rep)
         handshakes[ECHO_POOL] += sum(extra)
+        handshakes[ECHO_POOL_HTTPX2] += sum(extra2)
         for name, seconds in totals.items():
             ctx.add(name, "round_trips_per_s", tasks * rounds * segments / seconds)
             ctx.add(name, "server_handshakes", handshakes[name])
