@@ -5,13 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import assert_type
 
 import anyio
 import httpx2
 import httpx2.websockets as ws2
+import httpx_ws
 import pytest
 
-from anyio_wspool import open_pool
+from anyio_wspool import WebSocketPool, open_pool
 
 from ._util import until
 from ._wsserver import WSServer
@@ -62,6 +64,16 @@ async def test_httpx2_client_below_the_pool_capacity_is_refused(ws_server: WSSer
     async with httpx2.AsyncClient(limits=httpx2.Limits(max_connections=2)) as client:
         with pytest.raises(ValueError, match=r"httpx2\.AsyncClient allows at most 2"):
             open_pool(ws_server.url, client=client, max_connections=4)
+
+
+def test_the_pool_is_typed_by_its_client() -> None:
+    # Checked by mypy (assert_type does nothing at run time): a pool given an
+    # httpx2 client lends httpx2 sessions; without one, httpx-ws's.
+    client = httpx2.AsyncClient()
+    assert_type(
+        open_pool("ws://127.0.0.1:9/", client=client), WebSocketPool[ws2.AsyncWebSocketSession]
+    )
+    assert_type(open_pool("ws://127.0.0.1:9/"), WebSocketPool[httpx_ws.AsyncWebSocketSession])
 
 
 def test_httpx2_options_are_checked_with_httpx2_types() -> None:
