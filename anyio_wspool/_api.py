@@ -10,6 +10,7 @@ import httpx
 from httpx_ws import AsyncWebSocketSession
 
 from ._group import WebSocketPoolGroup, make_group
+from ._httpx_ws import httpx_library
 from ._options import PoolOptions, WsOptions
 from ._pool import WebSocketPool
 
@@ -106,12 +107,30 @@ def open_pool(
     return make(uri, connect=connect, close=close, client=client, **options)
 
 
+@overload
+def open_pool_group(
+    *,
+    client: httpx2.AsyncClient,
+    max_connections_per_key: int | None = None,
+    **options: Unpack[WsOptions],
+) -> WebSocketPoolGroup[Httpx2Session]: ...
+
+
+@overload
 def open_pool_group(
     *,
     client: httpx.AsyncClient | None = None,
     max_connections_per_key: int | None = None,
     **options: Unpack[WsOptions],
-) -> WebSocketPoolGroup[AsyncWebSocketSession]:
+) -> WebSocketPoolGroup[AsyncWebSocketSession]: ...
+
+
+def open_pool_group(
+    *,
+    client: httpx.AsyncClient | httpx2.AsyncClient | None = None,
+    max_connections_per_key: int | None = None,
+    **options: Any,
+) -> WebSocketPoolGroup[Any]:
     """Create a group of pools, one per URI (or per key); use it as an async context manager.
 
     Each pool is created the first time its URI (or key) is used, with the
@@ -122,8 +141,8 @@ def open_pool_group(
     waits for one of any key to close. Every option is validated here.
 
     Args:
-        client: an ``httpx.AsyncClient`` that every pool of the group connects
-            through (never closed by the group).
+        client: an ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) that every
+            pool of the group connects through (never closed by the group).
         max_connections_per_key: the capacity of each key's pool.
         **options: the pools' options, as for :func:`open_pool`.
 
@@ -140,7 +159,9 @@ def open_pool_group(
     pool_options: dict[str, Any] = dict(options)
     max_connections = pool_options.pop("max_connections", 50)
 
-    def make_pool(uri: str | httpx.URL, capacity: int) -> WebSocketPool[AsyncWebSocketSession]:
-        return WebSocketPool(uri, client=client, **{**pool_options, "max_connections": capacity})
+    def make_pool(uri: str | httpx.URL, capacity: int) -> WebSocketPool[Any]:
+        make = cast(Callable[..., WebSocketPool[Any]], WebSocketPool)
+        return make(uri, client=client, **{**pool_options, "max_connections": capacity})
 
-    return make_group(max_connections, max_connections_per_key, make_pool, pool_options)
+    lib = httpx_library(client)
+    return make_group(max_connections, max_connections_per_key, make_pool, pool_options, lib)

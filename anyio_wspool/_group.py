@@ -451,8 +451,12 @@ def make_group(
     max_connections_per_key: int | None,
     make_pool: Callable[[str | httpx.URL, int], WebSocketPool[R]],
     options: Mapping[str, Any],
+    lib: Any,
 ) -> WebSocketPoolGroup[R]:
-    """Validate the group's own options and the pools' options; make the group."""
+    """Validate the group's own options and the pools' options; make the group.
+
+    ``lib`` is the httpx of the group's client (``httpx``, or ``httpx2``).
+    """
     total = check_int("max_connections", max_connections, minimum=1)
     per_key = (
         total
@@ -463,5 +467,5 @@ def make_group(
         raise ValueError(
             f"max_connections_per_key={per_key} is more than the group's max_connections={total}"
         )
-    parse_options({**options, "max_connections": per_key}, websocket=True)
+    parse_options({**options, "max_connections": per_key}, websocket=True, lib=lib)
     return WebSocketPoolGroup(make_pool, total, per_key)

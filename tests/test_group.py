@@ -215,11 +215,11 @@ def test_group_options_are_validated_when_it_is_created() -> None:
     with pytest.raises(ValueError, match="max_connections_per_key"):
         open_pool_group(max_connections=2, max_connections_per_key=3)
     with pytest.raises(TypeError, match="max_connections_per_key"):
-        open_pool_group(max_connections_per_key="2")  # type: ignore[arg-type]
+        open_pool_group(max_connections_per_key="2")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="acquire_timeout"):
         open_pool_group(acquire_timeout=-1)
     with pytest.raises(TypeError, match="bogus"):
-        open_pool_group(bogus=1)  # type: ignore[call-arg]
+        open_pool_group(bogus=1)  # type: ignore[call-overload]
     group = open_pool_group(max_connections=4)
     assert isinstance(group, WebSocketPoolGroup)
     assert "not started" in repr(group)
@@ -243,3 +243,22 @@ async def test_keys_taken_from_uris_are_shown_with_secrets_masked() -> None:
         assert "hunter2" not in shown
         assert "abc123" not in shown
         assert list(group) == [group.pools[next(iter(group))].uri]
+
+
+async def test_a_group_over_an_httpx2_client() -> None:
+    import httpx2
+    import httpx2.websockets as ws2
+
+    async with serve_ws() as a, serve_ws() as b, httpx2.AsyncClient() as client:
+        async with open_pool_group(
+            client=client, max_connections=2, timeout=httpx2.Timeout(5)
+        ) as group:
+            for server in (a, b):
+                async with group.connection(server.url) as ws:
+                    assert isinstance(ws, ws2.AsyncWebSocketSession)
+                    await ws.send_text("x")
+                    assert await ws.receive_text() == "x"
+            assert group.open_connections == 2
+        assert not client.is_closed
+        await a.wait_until(lambda: a.open_connections == 0)
+        await b.wait_until(lambda: b.open_connections == 0)
