@@ -216,19 +216,19 @@ class ConnectionHost(Generic[R]):
                 assert handshakes is not None
                 handshakes.release()
 
-        if handshakes is not None:
-            # Queued behind the handshakes in flight; retiring the connection
-            # cancels the wait. connect_timeout starts when the attempt does.
-            await handshakes.acquire()
-            held = True
-            # Retired while queued (the circuit breaker opened, the pool is
-            # closing): the slot is given back without an attempt.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            scope.deadline = anyio.current_time() + config.connect_timeout
-        conn.in_flight = True
-        conn.attempt_started = anyio.current_time()
         hook_error: Exception | None = None
         try:
+            if handshakes is not None:
+                # Queued behind the handshakes in flight; retiring the connection
+                # cancels the wait. connect_timeout starts when the attempt does.
+                await handshakes.acquire()
+                held = True
+                # Retired while queued (the circuit breaker opened, the pool is
+                # closing): the slot is given back (finally) without an attempt.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                scope.deadline = anyio.current_time() + config.connect_timeout
+            conn.in_flight = True
+            conn.attempt_started = anyio.current_time()
             with scope:
                 async with connector.open() as resource:
                     if config.on_connect is not None:

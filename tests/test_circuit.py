@@ -401,7 +401,7 @@ class _Gated:
         self.gate = anyio.Event()
         self.errors = list(errors)
         self.attempts = 0
-        #: never set by these tests: every attempt fails
+        #: set by a test once the server is back: then attempts succeed
         self.succeed = False
 
     @asynccontextmanager
@@ -485,3 +485,44 @@ async def test_no_retry_starts_once_the_circuit_opens() -> None:
             assert sorted(outcomes) == ["PoolUnavailable", "ValueError"]
             assert connect.attempts == 2
             assert pool.stats.circuit == "open"
+
+
+async def test_probe_gets_a_handshake_slot_after_queued_connections_were_stopped() -> None:
+    # (From the outside attack.) Three borrowers, max_connecting=1: two
+    # connections queue for the handshake slot behind the first. Its failure
+    # opens the circuit, which stops the two queued ones, one of them just
+    # handed the slot. The slot must come back: after circuit_reset the probe
+    # handshakes and the borrower is served.
+    connect = _Gated(ConnectionRefusedError("refused"))
+    outcomes: list[str] = []
+
+    async def borrow(pool: WebSocketPool[Any]) -> None:
+        try:
+            await pool.acquire()
+        except ConnectionRefusedError:
+            outcomes.append("refused")
+        except PoolUnavailable:
+            outcomes.append("unavailable")
+
+    with anyio.fail_after(10):
+        async with open_pool(
+            connect=connect,
+            max_connections=3,
+            max_connecting=1,
+            failure_threshold=1,
+            connect_attempts=1,
+            circuit_reset=0.1,
+            acquire_timeout=2,
+        ) as pool:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(borrow, pool)
+                await anyio.wait_all_tasks_blocked()
+                connect.gate.set()
+            assert sorted(outcomes) == ["refused", "unavailable", "unavailable"]
+            connect.succeed = True
+            await anyio.sleep(0.15)  # circuit_reset elapses (time-based by nature)
+            async with pool.connection():
+                pass
+            assert pool.stats.circuit == "closed"
+            assert pool.stats.opened == 1
