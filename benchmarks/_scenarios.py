@@ -430,13 +430,7 @@ def connect_ws(
     return aconnect_ws(uri, client, session_class=session_class)
 
 
-async def echo(ws: AsyncWebSocketSession) -> None:
-    """One round trip on an httpx-ws session."""
-    await ws.send_bytes(PAYLOAD)
-    await ws.receive_bytes()
-
-
-async def echo_any(ws: Any) -> None:
+async def echo(ws: Any) -> None:
     """One round trip on a session of httpx-ws's API (httpx2's included)."""
     await ws.send_bytes(PAYLOAD)
     await ws.receive_bytes()
@@ -896,13 +890,13 @@ async def scenario_echo(ctx: Context) -> None:
                 connections,
                 tasks,
                 rounds,
-                echo_any,
+                echo,
                 lambda pool: extra2.append(pool.stats.opened - connections),
             ),
         )
         contenders[ECHO_QUEUE_HTTPX2] = counted(
             ECHO_QUEUE_HTTPX2,
-            queued(lambda: client2.websocket(ctx.uri), connections, tasks, rounds, echo_any),
+            queued(lambda: client2.websocket(ctx.uri), connections, tasks, rounds, echo),
         )
         totals = await interleave(contenders, segments, ctx.rep)
         handshakes[ECHO_POOL] += sum(extra)
