@@ -1008,7 +1008,7 @@ class WebSocketPool(Generic[R]):
                     conn.lease += 1  # (all that _lend does here, without the call)
                 else:
                     self._lend(conn)
-                # (WaiterQueue.serve_first, inline: the hot path of a busy pool.)
+                # Serve the first waiter (inline: the hot path of a busy pool).
                 waiter = waiters.popitem(last=False)[0]
                 waiter.conn = conn
                 self._wake(waiter.event)

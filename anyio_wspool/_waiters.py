@@ -101,12 +101,6 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
         waiter.conn = conn
         self.wake(waiter.event)
 
-    def serve_first(self, conn: Conn[R]) -> None:
-        """Hand ``conn`` (already lent) to the first waiter and wake it (the hot path)."""
-        waiter = self.popitem(last=False)[0]
-        waiter.conn = conn
-        self.wake(waiter.event)
-
     def fail(self, waiter: Waiter[R], error: BaseException) -> None:
         """Wake ``waiter`` with ``error`` to raise."""
         del self[waiter]
