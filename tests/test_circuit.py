@@ -476,6 +476,10 @@ async def test_no_retry_starts_once_the_circuit_opens() -> None:
             retry_backoff_max=30,
             circuit_reset=60,
         ) as pool:
+            # Full jitter could draw a back-off near 0: take its upper bound,
+            # so that B is still backing off when A fails.
+            assert pool._host is not None
+            pool._host._rng.uniform = lambda a, b: b  # type: ignore[method-assign]
             async with anyio.create_task_group() as tg:
                 for _ in range(2):
                     tg.start_soon(borrow, pool)
