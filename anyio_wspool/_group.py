@@ -55,8 +55,9 @@ class GroupCapacity:
         self._pools: list[WebSocketPool[Any]] = []
         #: pools that need capacity, in the order they asked (an ordered set)
         self._waiting: OrderedDict[WebSocketPool[Any], None] = OrderedDict()
-        #: idle connections being closed to make room, until they are closed
-        self._freeing: set[Conn[Any]] = set()
+        #: idle connections being closed to make room, until they are closed,
+        #: and the pool that each one makes room for
+        self._freeing: dict[Conn[Any], WebSocketPool[Any]] = {}
 
     def join(self, pool: WebSocketPool[Any]) -> None:
         self._pools.append(pool)
@@ -69,46 +70,68 @@ class GroupCapacity:
         """Whether ``pool`` may start a connection now (``needed``: how many it wants).
 
         If not, ``pool`` queues for capacity, and idle connections of other
-        keys are closed to make room for what it needs.
+        keys are closed to make room for what it needs (beyond what is being
+        closed for it already: a connection closing for another key is that
+        key's room).
         """
         if self.in_use < self.limit:
             return True
         if pool not in self._waiting:
             self._waiting[pool] = None
-        shortfall = needed - len(self._freeing)
+        freeing = self._freeing
+        shortfall = needed - sum(1 for owner in freeing.values() if owner is pool)
         while shortfall > 0:
             victim = self._victim(pool)
             if victim is None:
                 break
             owner, conn = victim
-            self._freeing.add(conn)
+            freeing[conn] = pool
             owner._retire(conn, Reason.MAKE_ROOM)
             shortfall -= 1
         return False
 
     def reclaimable(self, pool: WebSocketPool[Any]) -> int:
-        """Capacity that ``pool`` could get now: free, or held by idle connections of others."""
-        idle = sum(len(other._idle) for other in self._pools if other is not pool)
-        return self.limit - self.in_use + idle
+        """Capacity that ``pool`` could get now: free, or held by idle connections it may close."""
+        room = self.limit - self.in_use
+        for other in self._pools:
+            if other is not pool and not other._closing:
+                spare = other._open_count() - other._config.min_connections
+                room += max(0, min(len(other._idle), spare))
+        return room
 
     def take(self) -> None:
         self.in_use += 1
 
     def give_back(self, conn: Conn[Any]) -> None:
-        """A connection of the group closed: the pools that wait for capacity get it in turn."""
+        """A connection of the group closed: the pools that wait for capacity get it in turn.
+
+        The pool it was closed for, if any, first.
+        """
         self.in_use -= 1
-        self._freeing.discard(conn)
         waiting = self._waiting
+        owner = self._freeing.pop(conn, None)
+        if owner is not None and owner in waiting:
+            del waiting[owner]
+            owner._grow()  # (queues again if it still needs more)
         while waiting and self.in_use < self.limit:
             pool, _ = waiting.popitem(last=False)
-            pool._grow()  # (queues again if it still needs more)
+            pool._grow()
 
     def idle_available(self) -> None:
-        """A connection went idle: a pool waiting for the group's capacity may close it."""
+        """A connection went idle: the first pool waiting for capacity that needs it closes it.
+
+        A pool that no longer needs capacity (its borrower left) leaves the
+        queue, and the next one is asked.
+        """
         waiting = self._waiting
-        if waiting:
-            pool, _ = waiting.popitem(last=False)
+        for pool in list(waiting):
+            if pool not in waiting:
+                continue
+            del waiting[pool]
+            before = (self.in_use, len(self._freeing))
             pool._grow()  # (queues again, and makes room, if it still needs capacity)
+            if (self.in_use, len(self._freeing)) != before:
+                return
 
     def _victim(self, pool: WebSocketPool[Any]) -> tuple[WebSocketPool[Any], Conn[Any]] | None:
         """The idle connection of another key that has been idle longest, if any.
@@ -367,6 +390,8 @@ class WebSocketPoolGroup(Generic[R]):
     async def __aenter__(self) -> WebSocketPoolGroup[R]:
         if self._entered:
             raise RuntimeError("a pool group can be opened only once; create a new one")
+        if self._closing:
+            raise PoolClosed("the pool group was closed (aclose()) before it was opened")
         self._entered = True
         self._stopped = anyio.Event()
         outer = self._outer = anyio.create_task_group()

@@ -287,8 +287,14 @@ class ConnectionHost(Generic[R]):
                 failure = exc
         conn.scope = None
         if conn.state is not State.DRAINING:
-            return  # retired meanwhile (the pool closed, the server closed it)
-        if failure is not None:
+            return  # retired meanwhile (the pool closed)
+        if not self._connector.usable(conn.resource):
+            # The server closed it meanwhile (which cut the hook or the drain
+            # short): the pool retires it, and if it is a new connection closed
+            # with a code that refuses the client, tells the borrower waiting
+            # for it why.
+            self._keeper._prepared(conn)
+        elif failure is not None:
             logger.warning(
                 "on_release failed on a connection to %s; closing it: %s",
                 self._connector.target,

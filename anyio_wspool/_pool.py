@@ -542,6 +542,8 @@ class WebSocketPool(Generic[R]):
     async def __aenter__(self) -> WebSocketPool[R]:
         if self._entered:
             raise RuntimeError("a pool can be opened only once; create a new one")
+        if self._closing:
+            raise PoolClosed("the pool was closed (aclose()) before it was opened")
         self._entered = True
         self._all_closed = anyio.Event()
         self._service_scope = anyio.CancelScope()
@@ -849,6 +851,11 @@ class WebSocketPool(Generic[R]):
         if deadline is None:
             deadline = self._now() + timeout if timeout else math.inf
         if fresh:
+            circuit = self._circuit
+            if circuit is not None and circuit.blocks(self._now()):
+                # Only a new connection will do, and none may be opened now
+                # (nor an idle one closed for it, for nothing).
+                raise self._unavailable_error()
             self._fresh_seen = True
         waiter: Waiter[R] = Waiter(fresh, self._signal(), deadline)
         if waiters and not first:
@@ -1186,6 +1193,10 @@ class WebSocketPool(Generic[R]):
         """The resource died on its own (server closed it, keep-alive failed)."""
         if conn.state is _IDLE:
             self._retire(conn, Reason.SERVER_CLOSED)
+        elif conn.state is _DRAINING and conn.scope is not None:
+            # Its on_release or drain (whose ping would wait for a pong in
+            # vain until drain_timeout) stops: the host reports it closed.
+            conn.scope.cancel()
 
     # -- capacity and connections ---------------------------------------------------------
 
@@ -1273,12 +1284,13 @@ class WebSocketPool(Generic[R]):
             for_waiters -= 1
         # A full pool: borrowers that asked for a new connection get room by
         # closing the idle connections that waited longest.
+        if circuit is not None and waiters and circuit.blocks(self._now()):
+            self._shed()  # (no room is made: no new connection may be opened)
+            return
         for_waiters -= counts[_CLOSING]
         while for_waiters > 0 and self._idle and waiters and waiters.first().fresh:
             self._retire(next(iter(self._idle)), Reason.MAKE_ROOM)
             for_waiters -= 1
-        if circuit is not None and waiters and circuit.blocks(self._now()):
-            self._shed()
 
     def _start(self, conn: Conn[R]) -> None:
         self._counts[_CONNECTING] += 1

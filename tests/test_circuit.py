@@ -163,6 +163,47 @@ class _Switch:
         yield object()
 
 
+async def _open_circuit_with_one_idle(pool: WebSocketPool[Any], switch: _Switch) -> object:
+    """Leave ``pool`` with one idle connection, its circuit open (failure_threshold=1)."""
+    async with pool.connection() as first:
+        pass
+    switch.failing = True
+    with pytest.raises(ConnectionRefusedError):
+        await pool.acquire_new()
+    assert pool.stats.circuit == "open"
+    assert pool.stats.idle == 1
+    return first
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full", "room"])
+async def test_new_connection_while_the_circuit_is_open_closes_no_idle_connection(
+    full: bool,
+) -> None:
+    # Only a new connection would serve this borrower, and none may be opened:
+    # it fails at once, and the idle connection stays open for others (it
+    # used to be closed "to make room", for nothing).
+    switch = _Switch()
+    with anyio.fail_after(5):
+        async with open_pool(
+            connect=switch,
+            max_connections=2,
+            failure_threshold=1,
+            connect_attempts=1,
+            circuit_reset=60,
+            acquire_timeout=10,
+        ) as pool:
+            first = await _open_circuit_with_one_idle(pool, switch)
+            if full:
+                pool.max_connections = 1
+            with pytest.raises(PoolUnavailable):
+                async with pool.new_connection():
+                    pytest.fail("no new connection may be opened")
+            assert pool.stats.idle == 1
+            assert pool.stats.closed == 0
+            async with pool.connection() as again:
+                assert again is first
+
+
 async def test_idle_connections_are_still_lent_while_the_circuit_is_open() -> None:
     switch = _Switch()
     async with open_pool(
@@ -375,6 +416,36 @@ async def test_borrower_gets_a_fatal_close_of_its_new_connection(ws_server: WSSe
                 await pool.acquire()
             assert info.value.code == 4003
             assert ws_server.handshakes == 1
+
+
+@pytest.mark.parametrize("pings", [True, False], ids=["answers-pings", "no-pongs"])
+async def test_fatal_close_during_the_first_drain_reaches_the_borrower_at_once(
+    ws_server: WSServer, pings: bool
+) -> None:
+    # The server closes the new connection with 4003 as soon as it is open,
+    # while the pool drains it before its first lease: the drain's ping gets no
+    # pong. The borrower gets the close at once, not a new connection (nor a
+    # PoolTimeout after drain_timeout).
+    ws_server.close_new_after = 0.0
+    ws_server.close_new_code = 4003
+    ws_server.answer_pings = pings
+
+    async def hello(ws: Any) -> None:
+        await ws.send_text("hello")
+
+    with anyio.fail_after(4):
+        async with open_pool(
+            ws_server.url,
+            on_connect=hello,
+            drain_on_release=True,
+            drain_timeout=30,
+            acquire_timeout=30,
+        ) as pool:
+            with pytest.raises(WebSocketDisconnect) as info:
+                await pool.acquire()
+            assert info.value.code == 4003
+            assert ws_server.handshakes == 1
+            assert pool.stats.waiting == 0
 
 
 async def test_acquire_timeout_zero_with_open_circuit_says_unavailable() -> None:

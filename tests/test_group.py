@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from anyio_wspool import (
     PoolClosed,
     PoolError,
     PoolEvent,
+    PoolOverloaded,
     PoolTimeout,
     RetiredEvent,
     WebSocketPoolGroup,
@@ -193,6 +195,14 @@ async def test_cancelled_scope_around_the_group_still_closes_every_pool() -> Non
         await b.wait_until(lambda: b.open_connections == 0)
 
 
+async def test_a_group_closed_before_it_was_opened_refuses_to_open() -> None:
+    group = open_pool_group()
+    await group.aclose()
+    with anyio.fail_after(2), pytest.raises(PoolClosed, match="before it was opened"):
+        async with group:
+            pytest.fail("a closed group must not open")
+
+
 async def test_error_in_the_block_propagates_unwrapped() -> None:
     async with two_servers() as (a, _):
         with pytest.raises(KeyError):
@@ -262,3 +272,125 @@ async def test_a_group_over_an_httpx2_client() -> None:
         assert not client.is_closed
         await a.wait_until(lambda: a.open_connections == 0)
         await b.wait_until(lambda: b.open_connections == 0)
+
+
+# -- the group's capacity at its cap -------------------------------------------------
+
+
+@asynccontextmanager
+async def _kept_idle_and_held(
+    **options: Any,
+) -> AsyncIterator[tuple[WebSocketPoolGroup[Any], str]]:
+    """A group at its cap of 2: key A's one idle connection is kept by min_connections=1,
+    key B's is lent. Yields the group and B's URL."""
+    async with (
+        two_servers() as (a, b),
+        open_pool_group(max_connections=2, min_connections=1, **options) as group,
+    ):
+        await (await group.pool(a.url)).wait_ready(timeout=5)
+        await (await group.pool(b.url)).wait_ready(timeout=5)
+        held = await group.acquire(b.url)
+        assert group.open_connections == 2
+        yield group, b.url
+        await group.release(held)
+
+
+async def test_at_the_cap_idle_kept_by_min_connections_is_no_room_for_acquire_timeout_zero() -> (
+    None
+):
+    # A's idle connection may not be closed (min_connections): a borrower that
+    # may not wait fails at once instead of waiting for ever.
+    with anyio.fail_after(5):
+        async with _kept_idle_and_held(acquire_timeout=0) as (group, b_url):
+            with pytest.raises(PoolTimeout):
+                await group.acquire(b_url)
+            assert group.pools[b_url].stats.waiting == 0
+
+
+async def test_at_the_cap_idle_kept_by_min_connections_is_no_room_for_max_waiting_zero() -> None:
+    with anyio.fail_after(5):
+        async with _kept_idle_and_held(max_waiting=0) as (group, b_url):
+            with pytest.raises(PoolOverloaded):
+                await group.acquire(b_url)
+            assert group.pools[b_url].stats.overloaded == 1
+
+
+async def test_idle_connection_goes_to_the_next_pool_when_the_first_no_longer_needs_it() -> None:
+    # Keys C and D wait for the group's capacity, C first; C's borrower gives
+    # up. When A's connection comes back idle, D closes it and is served (C's
+    # pool used to be offered it alone, and to let it sit idle).
+    async with (
+        serve_ws() as a,
+        serve_ws() as b,
+        serve_ws() as c,
+        serve_ws() as d,
+        open_pool_group(max_connections=2, acquire_timeout=10) as group,
+    ):
+        held_a = await group.acquire(a.url)
+        held_b = await group.acquire(b.url)
+        served = anyio.Event()
+
+        async def borrow_c(*, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
+            with anyio.CancelScope() as scope:
+                task_status.started(scope)
+                async with group.connection(c.url):
+                    pytest.fail("C's borrower gave up before any capacity was free")
+
+        async def borrow_d() -> None:
+            async with group.connection(d.url) as ws:
+                await _echo(ws)
+            served.set()
+
+        def waiting(url: str) -> bool:
+            return url in group.pools and group.pools[url].stats.waiting == 1
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                c_scope = await tg.start(borrow_c)
+                await until(lambda: waiting(c.url))
+                tg.start_soon(borrow_d)
+                await until(lambda: waiting(d.url))
+                c_scope.cancel()
+                await until(lambda: group.pools[c.url].stats.waiting == 0)
+                await group.release(held_a)  # idle: D's borrower may close it
+                await served.wait()
+        assert d.handshakes == 1
+        assert c.handshakes == 0
+        await group.release(held_b)
+
+
+async def test_a_connection_closing_for_one_key_is_not_room_for_another() -> None:
+    # At the cap, B and C each need one connection and A has two idle: each
+    # closes one of A's. (C used to count the one closing for B as its room,
+    # and to wait for its acquire_timeout while A's second sat idle.)
+    async with (
+        serve_ws() as a,
+        serve_ws() as b,
+        serve_ws() as c,
+        open_pool_group(max_connections=3, acquire_timeout=10) as group,
+    ):
+        first, second = await group.acquire(a.url), await group.acquire(a.url)
+        await group.release(first)
+        await group.release(second)
+        held_b = await group.acquire(b.url)
+        await group.pool(c.url)  # (so that both borrowers ask for capacity at once)
+        assert group.open_connections == 3
+        served: list[str] = []
+        both = anyio.Event()
+
+        async def borrow(url: str) -> None:
+            async with group.connection(url) as ws:
+                await _echo(ws)
+                served.append(url)
+                if len(served) == 2:
+                    both.set()
+                await both.wait()  # each holds its connection until both are served
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(borrow, b.url)
+                tg.start_soon(borrow, c.url)
+        assert sorted(served) == sorted([b.url, c.url])
+        await a.wait_until(lambda: a.open_connections == 0)
+        assert group.open_connections <= 3
+        await group.release(held_b)

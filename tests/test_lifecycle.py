@@ -196,6 +196,19 @@ async def test_wait_ready_on_a_closed_pool_raises(ws_server: WSServer) -> None:
             await pool.wait_ready()
 
 
+async def test_a_pool_closed_before_it_was_opened_refuses_to_open(ws_server: WSServer) -> None:
+    # Not a pool that opens and then waits for connections that never were
+    # (its exit used to wait 2 * close_timeout + 1 s for them).
+    pool = open_pool(ws_server.url, close_timeout=5)
+    await pool.aclose()
+    with anyio.fail_after(2):
+        with pytest.raises(PoolClosed, match="before it was opened"):
+            async with pool:
+                pytest.fail("a closed pool must not open")
+        await pool.aclose()  # still idempotent
+    assert ws_server.handshakes == 0
+
+
 async def test_prewarm_opens_in_the_background_without_waiting(ws_server: WSServer) -> None:
     async with open_pool(ws_server.url, max_connections=4) as pool:
         pool.prewarm(3)
