@@ -31,6 +31,7 @@ from ._events import ReleasedEvent as ReleasedEvent
 from ._events import RetiredEvent as RetiredEvent
 from ._group import WebSocketPoolGroup as WebSocketPoolGroup
 from ._pool import WebSocketPool as WebSocketPool
+from ._redis import RedisCapacity as RedisCapacity
 from ._stats import PoolStats as PoolStats
 
 __all__ = (
@@ -46,6 +47,7 @@ __all__ = (
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
+    "RedisCapacity",
     "ReleasedEvent",
     "RetiredEvent",
     "WebSocketPool",

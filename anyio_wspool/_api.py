@@ -161,7 +161,9 @@ def open_pool_group(
 
     def make_pool(uri: str | httpx.URL, capacity: int) -> WebSocketPool[Any]:
         make = cast(Callable[..., WebSocketPool[Any]], WebSocketPool)
-        return make(uri, client=client, **{**pool_options, "max_connections": capacity})
+        # (shared_capacity is the group's: its pools share its slots.)
+        own = {name: value for name, value in pool_options.items() if name != "shared_capacity"}
+        return make(uri, client=client, **{**own, "max_connections": capacity})
 
     lib = httpx_library(client)
     return make_group(max_connections, max_connections_per_key, make_pool, pool_options, lib)

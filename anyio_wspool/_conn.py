@@ -86,6 +86,9 @@ class Reason(StrEnum):
     CONNECT_FAILED = "connect_failed"
     #: it never opened: the circuit breaker opened before its attempt began
     CIRCUIT_OPEN = "circuit_open"
+    #: idle, given up for other processes waiting at the shared limit
+    #: (``shared_capacity``), or left without a shared slot
+    SHARED_LIMIT = "shared_limit"
 
     @property
     def discarded(self) -> bool:

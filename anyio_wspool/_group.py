@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._conn import Reason
 from ._errors import PoolClosed, PoolError
+from ._fleet import FleetSlots
 from ._options import check_int, parse_options
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from ._conn import Conn
     from ._pool import WebSocketPool
+    from ._redis import RedisCapacity
 
 __all__ = ("GroupCapacity", "WebSocketPoolGroup")
 
@@ -187,9 +189,20 @@ class WebSocketPoolGroup(Generic[R]):
         factory: Callable[[str | httpx.URL, int], WebSocketPool[R]],
         max_connections: int,
         max_connections_per_key: int,
+        shared_capacity: RedisCapacity | None = None,
+        cleanup_interval: float = 5.0,
+        close_timeout: float = 5.0,
     ) -> None:
         self._factory = factory
         self._capacity = GroupCapacity(max_connections)
+        #: shared_capacity: the limit across processes, for all the group's
+        #: pools together (their slots, and the Redis client's context)
+        self._shared_capacity = shared_capacity
+        self._cleanup_interval = cleanup_interval
+        self._close_timeout = close_timeout
+        self._fleet: FleetSlots | None = None
+        self._fleet_context: AbstractAsyncContextManager[Any] | None = None
+        self._fleet_scope = anyio.CancelScope()
         self._per_key = max_connections_per_key
         self._members: dict[Hashable, _Member[R]] = {}
         self._tg: TaskGroup | None = None
@@ -309,6 +322,7 @@ class WebSocketPoolGroup(Generic[R]):
         """Hold one pool of the group open, from its first use to the group's end."""
         pool = member.pool
         pool._shared = self._capacity
+        pool._fleet = self._fleet
         self._capacity.join(pool)
         try:
             async with pool:
@@ -394,14 +408,45 @@ class WebSocketPoolGroup(Generic[R]):
             raise PoolClosed("the pool group was closed (aclose()) before it was opened")
         self._entered = True
         self._stopped = anyio.Event()
+        capacity = self._shared_capacity
+        if capacity is not None:
+            # (Opening it does no I/O: a group opens while Redis is away.)
+            context = capacity._open()
+            slots = await context.__aenter__()
+            self._fleet_context = context
+            self._fleet = FleetSlots(capacity, slots, self._cleanup_interval)
         outer = self._outer = anyio.create_task_group()
-        await outer.__aenter__()
+        try:
+            await outer.__aenter__()
+        except BaseException:
+            await self._close_fleet()
+            raise
         try:
             await outer.start(self._run, name="anyio_wspool group")
         except BaseException as exc:
             await outer.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._close_fleet()
             raise
         return self
+
+    async def _run_fleet(self) -> None:
+        """The task of the group's shared slots, until the group's pools are closed."""
+        assert self._fleet is not None
+        with self._fleet_scope:
+            await self._fleet.run()
+
+    async def _close_fleet(self) -> None:
+        """Give back the group's shared slots (bounded) and close its Redis client."""
+        context = self._fleet_context
+        if context is None:
+            return
+        self._fleet_context = None
+        try:
+            if self._fleet is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
+                    await self._fleet.aclose()
+        finally:
+            await context.__aexit__(None, None, None)
 
     async def _run(self, *, task_status: TaskStatus[None]) -> None:
         # Shielded, as a pool's own tasks: the pools are closed by the group
@@ -409,6 +454,8 @@ class WebSocketPoolGroup(Generic[R]):
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self._fleet is not None:
+                    tg.start_soon(self._run_fleet, name="anyio_wspool shared capacity")
                 task_status.started()
                 assert self._stopped is not None
                 await self._stopped.wait()
@@ -426,12 +473,16 @@ class WebSocketPoolGroup(Generic[R]):
             with anyio.CancelScope(shield=True):
                 await self.aclose()
         finally:
+            self._fleet_scope.cancel()
             self._stopped.set()
             # Shielded: the group's task ends at once, and a cancellation of
             # the scope around the group must not replace the exception
             # leaving it (nor be wrapped with it in an ExceptionGroup).
             outer.cancel_scope.shield = True
-            await outer.__aexit__(None, None, None)
+            try:
+                await outer.__aexit__(None, None, None)
+            finally:
+                await self._close_fleet()
         if exc_type is None:
             await anyio.lowlevel.checkpoint_if_cancelled()
 
@@ -492,5 +543,12 @@ def make_group(
         raise ValueError(
             f"max_connections_per_key={per_key} is more than the group's max_connections={total}"
         )
-    parse_options({**options, "max_connections": per_key}, websocket=True, lib=lib)
-    return WebSocketPoolGroup(make_pool, total, per_key)
+    config = parse_options({**options, "max_connections": per_key}, websocket=True, lib=lib)
+    return WebSocketPoolGroup(
+        make_pool,
+        total,
+        per_key,
+        config.shared_capacity,
+        config.cleanup_interval,
+        config.close_timeout,
+    )

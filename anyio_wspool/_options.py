@@ -18,6 +18,7 @@ import httpx
 
 from ._connector import Connector, GenericConnector
 from ._httpx_ws import HttpxWsConnector, check_httpx_option, check_uri, httpx_library
+from ._redis import RedisCapacity
 
 __all__ = ("Config", "PoolOptions", "WsOptions", "configure", "parse_options")
 
@@ -75,6 +76,7 @@ class PoolOptions(TypedDict, total=False):
     drain_condition: Callable[[Any], bool] | None
     on_drained: Callable[[Any], object] | None
     close_timeout: float
+    shared_capacity: RedisCapacity | None
 
 
 class WsOptions(PoolOptions, total=False):
@@ -137,6 +139,12 @@ def check_callable(name: str, value: object, allow_none: bool = True) -> Any:
     return value
 
 
+def check_capacity(name: str, value: object) -> RedisCapacity | None:
+    if value is not None and not isinstance(value, RedisCapacity):
+        raise TypeError(f"{name} must be a RedisCapacity or None, got {type(value).__name__}")
+    return value
+
+
 def _option(default: object, check: Callable[[str, Any], Any]) -> Any:
     """A field of :class:`Config`: its default and the function that validates it."""
     return field(default=default, metadata={"check": check})
@@ -192,6 +200,7 @@ class Config:
     drain_condition: Callable[[Any], bool] | None = _option(None, check_callable)
     on_drained: Callable[[Any], object] | None = _option(None, check_callable)
     close_timeout: float = _option(5.0, _seconds())
+    shared_capacity: RedisCapacity | None = _option(None, check_capacity)
     #: httpx-ws keywords, validated, as given (not an option of its own)
     ws: dict[str, Any] = field(default_factory=dict)
 

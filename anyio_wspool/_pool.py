@@ -50,6 +50,7 @@ from ._events import (
     RetiredEvent,
     error_type,
 )
+from ._fleet import FleetSlots
 from ._host import ConnectionHost
 from ._leases import LeaseWatch
 from ._options import PoolOptions, WsOptions, check_int, check_seconds, configure
@@ -278,6 +279,10 @@ class WebSocketPool(Generic[R]):
         self._restart_backoff = 0.0
         #: the capacity shared with the other pools of a group (None: alone)
         self._shared: GroupCapacity | None = None
+        #: the slots of the limit shared across processes (shared_capacity),
+        #: the pool's own or its group's; and the context of the pool's own
+        self._fleet: FleetSlots | None = None
+        self._fleet_context: AbstractAsyncContextManager[Any] | None = None
         #: refresh_on_acquire, and the connector's usable and unpark (None when
         #: they do nothing: a generic connector's resource is always usable)
         self._refresh = config.refresh_on_acquire
@@ -523,6 +528,7 @@ class WebSocketPool(Generic[R]):
         """A snapshot of the pool's gauges and counters."""
         counts = self._counts
         counters = self._counters
+        fleet = self._fleet
         return PoolStats(
             max_connections=self.max_connections,
             connecting=counts[_CONNECTING],
@@ -533,6 +539,8 @@ class WebSocketPool(Generic[R]):
             waiting=len(self._waiters),
             circuit="closed" if self._circuit is None else self._circuit.state.value,
             **{name: getattr(counters, name) for name in COUNTER_NAMES},
+            shared_limit=None if fleet is None else fleet.limit,
+            shared_in_use=None if fleet is None else fleet.in_use,
         )
 
     def __repr__(self) -> str:
@@ -561,9 +569,17 @@ class WebSocketPool(Generic[R]):
         await self._connector.start()
         outer = anyio.create_task_group()
         try:
+            capacity = self._config.shared_capacity
+            if capacity is not None and self._fleet is None:
+                # (Opening it does no I/O: a pool opens while Redis is away.)
+                context = capacity._open()
+                slots = await context.__aenter__()
+                self._fleet_context = context
+                self._fleet = FleetSlots(capacity, slots, self._config.cleanup_interval)
             await outer.__aenter__()
         except BaseException:
             with anyio.CancelScope(shield=True):
+                await self._close_fleet()
                 await self._connector.aclose()
             raise
         self._outer_tg = outer
@@ -579,6 +595,10 @@ class WebSocketPool(Generic[R]):
         tg.start_soon(self._run_services, name="anyio_wspool services")
         if self._dispatcher is not None:
             tg.start_soon(self._dispatcher.run, name="anyio_wspool callbacks")
+        if self._fleet is not None:
+            self._fleet.join(self)
+            if self._fleet_context is not None:
+                tg.start_soon(self._fleet.run, name="anyio_wspool shared capacity")
         self._grow()  # min_connections
         return self
 
@@ -643,9 +663,31 @@ class WebSocketPool(Generic[R]):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._connector.aclose()
+            if self._fleet is not None:
+                self._fleet.leave(self)
+            await self._close_fleet()
         if exc_type is None:
             # A cancellation of the scope around the pool is delivered here.
             await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def _close_fleet(self) -> None:
+        """Give back the pool's own shared slots (bounded) and close its Redis client."""
+        context = self._fleet_context
+        if context is None:
+            return
+        self._fleet_context = None
+        fleet = self._fleet
+        try:
+            if fleet is not None and not fleet.closed:
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(self._config.close_timeout),
+                ):
+                    await fleet.aclose()
+        finally:
+            # (Not shielded: the client's own task group must be left in the
+            # scope it was entered in; leaving it waits for nothing.)
+            await context.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Close the pool and every connection; idempotent.
@@ -686,6 +728,12 @@ class WebSocketPool(Generic[R]):
                 # within what is left of close_timeout.
                 left = self._closed_at + self._config.close_timeout - anyio.current_time()
                 await self._dispatcher.stop(max(left, 0.0))
+            fleet = self._fleet
+            if fleet is not None and self._fleet_context is not None and not fleet.closed:
+                # Its shared slots go back to Redis now, within close_timeout.
+                left = self._closed_at + self._config.close_timeout - anyio.current_time()
+                with anyio.move_on_after(max(left, 0.1)):
+                    await fleet.aclose()
         else:
             await anyio.lowlevel.checkpoint()
 
@@ -1181,6 +1229,8 @@ class WebSocketPool(Generic[R]):
             self._circuit.probe_failed_quietly()  # abandoned: the next borrower probes
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
+        if self._fleet is not None:
+            self._fleet.give_back(conn)
         if self._shared is not None:
             self._shared.give_back(conn)
         if self._closing:
@@ -1206,6 +1256,8 @@ class WebSocketPool(Generic[R]):
         shared = self._shared
         if shared is not None:
             room = min(room, shared.reclaimable(self))
+        if self._fleet is not None:
+            room = min(room, self._fleet.room())
         return room
 
     def _open_count(self) -> int:
@@ -1250,10 +1302,17 @@ class WebSocketPool(Generic[R]):
         uncovered = max(for_waiters, for_others)
         circuit = self._circuit
         shared = self._shared
+        fleet = self._fleet
+        make_room = True
         # (Checked first: at a full pool, every new waiter comes through here.)
         while uncovered > 0 and len(self._conns) < self._capacity:
             if shared is not None and not shared.has_room(self, uncovered):
                 break  # the group is full: queued for its capacity
+            if fleet is not None and not fleet.has_room(self, uncovered):
+                # Queued for a shared slot. Unless Redis said the shared limit
+                # is reached, it will likely give one: no room is made.
+                make_room = fleet.at_limit
+                break
             probe = False
             if circuit is not None and circuit.state is not CircuitState.CLOSED:
                 if not circuit.may_start(self._now()):
@@ -1273,6 +1332,8 @@ class WebSocketPool(Generic[R]):
                 self._wanted += 1
             if shared is not None:
                 shared.take()
+            if fleet is not None:
+                fleet.take(conn, self)
             self._start(conn)
             uncovered -= 1
             for_waiters -= 1
@@ -1288,7 +1349,7 @@ class WebSocketPool(Generic[R]):
             self._shed()  # (no room is made: no new connection may be opened)
             return
         for_waiters -= counts[_CLOSING]
-        while for_waiters > 0 and self._idle and waiters and waiters.first().fresh:
+        while make_room and for_waiters > 0 and self._idle and waiters and waiters.first().fresh:
             self._retire(next(iter(self._idle)), Reason.MAKE_ROOM)
             for_waiters -= 1
 
@@ -1431,10 +1492,17 @@ class WebSocketPool(Generic[R]):
         """
         if self._room() <= 0:
             return
+        self._shed_for(self._unavailable_error)
+
+    def _shed_for(self, error: Callable[[], BaseException]) -> None:
+        """Fail the waiters that need a new connection (beyond those covered) with ``error()``."""
+        if len(self._conns) >= self._capacity:
+            return  # (they wait for a connection to come back)
         counts = self._counts
         keep = counts[_CONNECTING] + counts[_DRAINING]
-        if len(self._waiters) > keep:
-            self._waiters.fail_beyond(keep, self._unavailable_error)
+        waiters = self._waiters
+        if len(waiters) > keep:
+            waiters.fail_beyond(keep, error)
 
     def _unavailable_error(self) -> PoolUnavailable:
         circuit = self._circuit

@@ -55,8 +55,14 @@ class PoolStats:
     drained_messages: int
     #: times the circuit breaker opened
     circuit_opened: int
-    #: borrowers turned away at once because the circuit breaker was open
+    #: borrowers turned away at once because the circuit breaker was open, or
+    #: because Redis failed (``shared_capacity``)
     unavailable: int
+    #: ``shared_capacity``: the limit shared across processes (None: no shared capacity)
+    shared_limit: int | None = None
+    #: ``shared_capacity``: the slots held by every process together, as last
+    #: seen in Redis (None: not seen yet, or no shared capacity)
+    shared_in_use: int | None = None
 
 
 PoolStats.__module__ = "anyio_wspool"

@@ -1,0 +1,405 @@
+"""A process's share of a limit held in Redis: the slots of its connections.
+
+With ``shared_capacity=RedisCapacity(...)`` every connection holds one shared
+slot, from before its handshake until its socket is closed, on top of the
+pool's own capacity. :class:`FleetSlots` keeps them for one pool, or for all
+the pools of a group: synchronous bookkeeping that the pools call (as they
+call a group's :class:`~._group.GroupCapacity`), and one task, :meth:`run`,
+that does all the talking to Redis. Lending and giving back never touch Redis:
+a pool asks for a slot only when it opens a connection, and gives it back when
+the connection is closed.
+
+The task:
+
+- takes a slot for each connection that a pool needs, one round trip each,
+  in the order the pools asked; at the shared limit it tells Redis that this
+  process waits, and asks again (a short, growing poll) until a slot is free;
+- gives back the slots of closed connections that no pool of the process
+  needs at once (one that does takes it over, with no round trip);
+- refreshes the leases of all its slots every ``lease_ttl / 3``;
+- every ``cleanup_interval``, when its pools have idle connections they could
+  give up (beyond ``min_connections``), asks whether other processes wait for
+  the shared limit; if so the pools close those idle connections, the longest
+  idle first, so that capacity flows to where the borrowers are.
+
+When Redis fails, ``when_unavailable`` decides: ``"fail"`` turns away the
+borrowers that need a new connection with :class:`~._errors.PoolUnavailable`
+(Redis's error as its cause), ``"local"`` lets the pools go on under their own
+``max_connections``, warns once, and takes slots again for the connections it
+opened meanwhile once Redis answers (closing idle ones for which there is none).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._conn import Reason, State
+from ._errors import PoolUnavailable
+from ._redact import describe_error
+
+if TYPE_CHECKING:
+    from ._conn import Conn
+    from ._pool import WebSocketPool
+    from ._redis import RedisCapacity, _SharedSlots
+
+__all__ = ("FleetSlots",)
+
+logger = logging.getLogger("anyio_wspool")
+
+#: the first and the longest pause between two requests for a slot at the shared limit
+_POLL_FIRST = 0.02
+_POLL_MAX = 0.25
+
+
+class FleetSlots:
+    """The shared slots of one pool, or of the pools of one group (see the module)."""
+
+    __slots__ = (
+        "_announced",
+        "_capacity",
+        "_free",
+        "_held",
+        "_interval",
+        "_local_policy",
+        "_pending",
+        "_poll",
+        "_pools",
+        "_slots",
+        "_unslotted",
+        "_waiting",
+        "_wakeup",
+        "at_limit",
+        "closed",
+        "error",
+        "limit",
+        "local",
+    )
+
+    def __init__(
+        self, capacity: RedisCapacity, slots: _SharedSlots, cleanup_interval: float
+    ) -> None:
+        self._capacity = capacity
+        self._slots = slots
+        self.limit = capacity.limit
+        self._local_policy = capacity.when_unavailable == "local"
+        self._interval = cleanup_interval
+        self._pools: list[WebSocketPool[Any]] = []
+        #: pools that need a slot, in the order they asked (an ordered set)
+        self._waiting: OrderedDict[WebSocketPool[Any], None] = OrderedDict()
+        #: slots held in Redis that no connection holds (yet, or any more)
+        self._free: list[str] = []
+        #: the slot of each connection that holds one
+        self._held: dict[Conn[Any], str] = {}
+        #: open connections that hold no slot (opened while Redis was away, or
+        #: whose lease ran out), and their pools
+        self._unslotted: dict[Conn[Any], WebSocketPool[Any]] = {}
+        #: a slot being taken: given back at close if the call was cut short
+        self._pending: str | None = None
+        #: whether Redis has this process's "waiting" entry
+        self._announced = False
+        self._poll = _POLL_FIRST
+        self._wakeup: anyio.Event | None = None
+        #: Redis's last error while it fails (None: it answers)
+        self.error: Exception | None = None
+        #: going on under the local caps alone (when_unavailable="local", Redis away)
+        self.local = False
+        self.closed = False
+        #: whether Redis refused the last slot asked for (the shared limit is reached)
+        self.at_limit = False
+
+    # -- what the pools call (synchronous) -------------------------------------------
+
+    def join(self, pool: WebSocketPool[Any]) -> None:
+        self._pools.append(pool)
+
+    def leave(self, pool: WebSocketPool[Any]) -> None:
+        self._pools.remove(pool)
+        self._waiting.pop(pool, None)
+
+    @property
+    def in_use(self) -> int | None:
+        """Slots held by every process together, as last seen (None: not seen yet)."""
+        return self._slots.in_use
+
+    def room(self) -> int:
+        """How many connections could get a slot now, as far as this process knows."""
+        if self.local:
+            return self.limit
+        seen = self._slots.in_use
+        return len(self._free) + (self.limit if seen is None else max(0, self.limit - seen))
+
+    def has_room(self, pool: WebSocketPool[Any], needed: int) -> bool:
+        """Whether ``pool`` may start a connection now; if not, it queues for a slot."""
+        if self._free or self.local:
+            return True
+        if not self.closed:
+            if pool not in self._waiting:
+                self._waiting[pool] = None
+            self._wake()
+        return False
+
+    def take(self, conn: Conn[Any], pool: WebSocketPool[Any]) -> None:
+        """``conn`` starts: it holds a free slot (none when going on locally)."""
+        if self._free:
+            self._held[conn] = self._free.pop()
+        else:
+            self._unslotted[conn] = pool
+
+    def give_back(self, conn: Conn[Any]) -> None:
+        """``conn`` is closed: its slot serves a pool that waits, or goes back to Redis."""
+        self._unslotted.pop(conn, None)
+        member = self._held.pop(conn, None)
+        if member is None:
+            return
+        self._free.append(member)
+        self._serve()
+        if self._free:
+            self._wake()  # the task gives back what nobody took
+
+    def _serve(self) -> None:
+        """Let the waiting pools, in turn, start connections with the free slots."""
+        waiting = self._waiting
+        for pool in list(waiting):
+            if not (self._free or self.local):
+                return
+            if pool in waiting:
+                del waiting[pool]
+                pool._grow()  # (queues again if it needs more)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- the task ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Talk to Redis for the pools: take, give back, refresh, give up idle (see the module).
+
+        Runs until cancelled (the pool or the group closes), then
+        :meth:`aclose` gives back what is left.
+        """
+        event_class = type(anyio.Event())
+        period = self._capacity.lease_ttl / 3
+        now = anyio.current_time()
+        next_refresh = now + period
+        next_check = now + self._interval
+        while True:
+            self._wakeup = event_class()
+            await self._work()
+            deadline = min(next_refresh, next_check)
+            if self._waiting and not self.local:
+                # At the shared limit (or Redis failed): ask again soon.
+                deadline = min(deadline, anyio.current_time() + self._poll)
+                self._poll = min(_POLL_MAX, 2 * self._poll)
+            with anyio.CancelScope(deadline=deadline):
+                await self._wakeup.wait()
+            now = anyio.current_time()
+            if now >= next_refresh:
+                next_refresh = now + period
+                await self._refresh()
+            if now >= next_check:
+                next_check = now + self._interval
+                await self._give_up_idle()
+
+    async def _work(self) -> None:
+        """Give back the slots nobody needs; take slots for the pools that wait."""
+        slots = self._slots
+        while True:
+            if self._free and not self._waiting:
+                member = self._free.pop()
+                try:
+                    await slots.give_back(member)
+                except Exception as exc:
+                    self._failed(exc)  # (its lease runs out after lease_ttl)
+                else:
+                    self._answered()
+                continue
+            if not self._waiting or self.local:
+                break
+            # (Left pending if cancelled: aclose() gives it back, in case it was taken.)
+            member = self._pending = slots.new_member()
+            try:
+                taken, _ = await slots.take(member)
+            except Exception as exc:
+                self._pending = None
+                self._failed(exc)
+                break
+            self._pending = None
+            self._answered()
+            self.at_limit = not taken
+            if not taken:
+                await self._announce(True)
+                return
+            self._poll = _POLL_FIRST
+            self._free.append(member)
+            self._serve()
+        if self._announced and not self._waiting:
+            await self._announce(False)
+
+    async def _announce(self, waiting: bool) -> None:
+        """Tell Redis whether this process waits for the shared limit (errors: the next try)."""
+        try:
+            await self._slots.set_waiting(self._slots.pool_id, waiting)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self._announced = waiting
+
+    async def _refresh(self) -> None:
+        """Renew every slot's lease; a connection whose lease ran out holds none."""
+        held = self._held
+        try:
+            lost = await self._slots.refresh([*held.values(), *self._free])
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._answered()
+        if lost:
+            self._free = [member for member in self._free if member not in lost]
+            for conn, member in list(held.items()):
+                if member in lost:
+                    del held[conn]
+                    self._unslotted[conn] = self._owner(conn)
+        if self._announced:
+            await self._announce(True)  # (the entry expires unless renewed)
+        await self._slot_unslotted()
+
+    async def _slot_unslotted(self) -> None:
+        """Take a slot for each open connection without one; close idle ones that get none."""
+        if self.local or self.error is not None:
+            return
+        slots = self._slots
+        for conn, pool in list(self._unslotted.items()):
+            if conn.state >= State.CLOSING:
+                self._unslotted.pop(conn, None)
+                continue
+            member = self._pending = slots.new_member()
+            try:
+                taken, _ = await slots.take(member)
+            except Exception as exc:
+                self._pending = None
+                self._failed(exc)
+                return
+            self._pending = None
+            if conn not in self._unslotted:  # closed meanwhile
+                if taken:
+                    self._free.append(member)
+                continue
+            if taken:
+                del self._unslotted[conn]
+                self._held[conn] = member
+            elif conn.state is State.IDLE:
+                pool._retire(conn, Reason.SHARED_LIMIT)
+
+    async def _give_up_idle(self) -> None:
+        """Close the idle connections nobody here needs if other processes wait for a slot."""
+        spare: list[tuple[float, Conn[Any], WebSocketPool[Any]]] = []
+        for pool in self._pools:
+            count = min(len(pool._idle), pool._open_count() - pool._config.min_connections)
+            if count > 0 and not pool._closing:
+                spare += [(conn.idle_since, conn, pool) for conn in list(pool._idle)[:count]]
+        if not spare or self.local or self.error is not None:
+            return
+        try:
+            others = await self._slots.others_waiting(self._slots.pool_id)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if not others:
+            return
+        spare.sort(key=lambda item: item[0])
+        for _, conn, pool in spare:
+            if conn.state is State.IDLE and pool._open_count() > pool._config.min_connections:
+                pool._retire(conn, Reason.SHARED_LIMIT)
+
+    def _owner(self, conn: Conn[Any]) -> WebSocketPool[Any]:
+        for pool in self._pools:
+            if conn in pool._conns:
+                return pool
+        raise LookupError("a connection of no pool")  # pragma: no cover
+
+    # -- Redis failing ------------------------------------------------------------------
+
+    def _failed(self, error: Exception) -> None:
+        """Redis did not answer: ``when_unavailable`` says what the waiting pools do."""
+        first = self.error is None
+        self.error = error
+        if self._local_policy:
+            if not self.local:
+                self.local = True
+                if first:
+                    logger.warning(
+                        "Redis of the shared capacity %s is unavailable (%s); the pools go on "
+                        "under their own max_connections until it answers again",
+                        self._capacity.key,
+                        describe_error(error),
+                    )
+                self._serve()
+            return
+        if first:
+            logger.warning(
+                "Redis of the shared capacity %s is unavailable (%s); borrowers that need a "
+                "new connection fail until it answers again",
+                self._capacity.key,
+                describe_error(error),
+            )
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for pool in waiting:
+            pool._shed_for(partial(self._unavailable_error, pool))
+
+    def _answered(self) -> None:
+        """Redis answered: back to the shared limit if it had failed."""
+        if self.error is None:
+            return
+        self.error = None
+        logger.warning(
+            "Redis of the shared capacity %s answers again; connections hold shared slots again",
+            self._capacity.key,
+        )
+        self.local = False
+
+    def _unavailable_error(self, pool: WebSocketPool[Any]) -> PoolUnavailable:
+        pool._counters.unavailable += 1
+        error = PoolUnavailable(
+            f"the shared capacity {self._capacity.key!r} is unavailable: Redis failed "
+            f"({type(self.error).__name__}); connections already open are still lent"
+        )
+        error.__cause__ = self.error
+        return error
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Give back every slot left (the pools' connections are closed); idempotent.
+
+        Errors are logged: the slots' leases run out after ``lease_ttl`` anyway.
+        """
+        self.closed = True
+        self._waiting.clear()
+        members = [*self._free, *self._held.values()]
+        if self._pending is not None:
+            members.append(self._pending)  # (a take cut short may have reached Redis)
+        self._free.clear()
+        self._held.clear()
+        self._pending = None
+        slots = self._slots
+        try:
+            if members:
+                await slots.give_back_all(members)
+            if self._announced:
+                self._announced = False
+                await slots.set_waiting(slots.pool_id, False)
+        except Exception as exc:
+            logger.info(
+                "could not give back the shared slots of %s (%s); they are free again "
+                "after lease_ttl=%g s",
+                self._capacity.key,
+                describe_error(exc),
+                self._capacity.lease_ttl,
+            )
