@@ -44,8 +44,8 @@ async def _slots(server: RedisServer, key: str) -> int:
 async def _until_slots(server: RedisServer, key: str, count: int, limit: float = 5.0) -> None:
     """Wait (bounded) until Redis holds ``count`` slots for ``key``."""
     with anyio.fail_after(limit):
-        while await _slots(server, key) != count:
-            await anyio.sleep(0.02)  # noqa: ASYNC110 (Redis signals nothing: poll it)
+        while await _slots(server, key) != count:  # noqa: ASYNC110 (Redis signals nothing)
+            await anyio.sleep(0.02)
 
 
 async def _keys(server: RedisServer, key: str) -> list[Any]:
