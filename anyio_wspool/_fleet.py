@@ -69,6 +69,8 @@ class FleetSlots:
         "_pending",
         "_poll",
         "_pools",
+        "_running",
+        "_scope",
         "_slots",
         "_unslotted",
         "_waiting",
@@ -98,12 +100,16 @@ class FleetSlots:
         #: open connections that hold no slot (opened while Redis was away, or
         #: whose lease ran out), and their pools
         self._unslotted: dict[Conn[Any], WebSocketPool[Any]] = {}
-        #: a slot being taken: given back at close if the call was cut short
-        self._pending: str | None = None
+        #: slots being taken or given back: given back at close if the task
+        #: was stopped before Redis answered (the call may have reached it)
+        self._pending: set[str] = set()
         #: whether Redis has this process's "waiting" entry
         self._announced = False
         self._poll = _POLL_FIRST
         self._wakeup: anyio.Event | None = None
+        #: the task's scope, and set once it has ended (None: it never started)
+        self._scope = anyio.CancelScope()
+        self._running: anyio.Event | None = None
         #: Redis's last error while it fails (None: it answers)
         self.error: Exception | None = None
         #: going on under the local caps alone (when_unavailable="local", Redis away)
@@ -180,10 +186,18 @@ class FleetSlots:
     async def run(self) -> None:
         """Talk to Redis for the pools: take, give back, refresh, give up idle (see the module).
 
-        Runs until cancelled (the pool or the group closes), then
-        :meth:`aclose` gives back what is left.
+        Runs until :meth:`aclose` stops it (or the pool's task group is
+        cancelled); :meth:`aclose` then gives back what is left.
         """
         event_class = type(anyio.Event())
+        ended = self._running = event_class()
+        try:
+            with self._scope:
+                await self._serve_forever(event_class)
+        finally:
+            ended.set()
+
+    async def _serve_forever(self, event_class: type[anyio.Event]) -> None:
         period = self._capacity.lease_ttl / 3
         now = anyio.current_time()
         next_refresh = now + period
@@ -212,24 +226,26 @@ class FleetSlots:
         while True:
             if self._free and not self._waiting:
                 member = self._free.pop()
+                self._pending.add(member)
                 try:
                     await slots.give_back(member)
                 except Exception as exc:
                     self._failed(exc)  # (its lease runs out after lease_ttl)
                 else:
                     self._answered()
+                self._pending.discard(member)
                 continue
             if not self._waiting or self.local:
                 break
-            # (Left pending if cancelled: aclose() gives it back, in case it was taken.)
-            member = self._pending = slots.new_member()
+            member = slots.new_member()
+            self._pending.add(member)
             try:
                 taken, _ = await slots.take(member)
             except Exception as exc:
-                self._pending = None
+                self._pending.discard(member)
                 self._failed(exc)
                 break
-            self._pending = None
+            self._pending.discard(member)
             self._answered()
             self.at_limit = not taken
             if not taken:
@@ -278,14 +294,15 @@ class FleetSlots:
             if conn.state >= State.CLOSING:
                 self._unslotted.pop(conn, None)
                 continue
-            member = self._pending = slots.new_member()
+            member = slots.new_member()
+            self._pending.add(member)
             try:
                 taken, _ = await slots.take(member)
             except Exception as exc:
-                self._pending = None
+                self._pending.discard(member)
                 self._failed(exc)
                 return
-            self._pending = None
+            self._pending.discard(member)
             if conn not in self._unslotted:  # closed meanwhile
                 if taken:
                     self._free.append(member)
@@ -382,12 +399,16 @@ class FleetSlots:
         """
         self.closed = True
         self._waiting.clear()
+        # The task stops first (a slot it is taking is left pending), so that
+        # nothing it does afterwards holds a slot that is never given back.
+        self._scope.cancel()
+        if self._running is not None:
+            await self._running.wait()
         members = [*self._free, *self._held.values()]
-        if self._pending is not None:
-            members.append(self._pending)  # (a take cut short may have reached Redis)
+        members += self._pending  # (calls cut short may have reached Redis)
         self._free.clear()
         self._held.clear()
-        self._pending = None
+        self._pending.clear()
         slots = self._slots
         try:
             if members:
