@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import shutil
 import signal
 import socket
@@ -70,7 +71,10 @@ class RedisServer:
     def __init__(self, *, password: str | None = None) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
-            pytest.skip("redis-server is not installed (the shared-capacity tests need it)")
+            reason = "redis-server is not installed (the shared-capacity tests need it)"
+            if os.environ.get("ANYIO_WSPOOL_REQUIRE_REDIS"):
+                pytest.fail(reason + "; ANYIO_WSPOOL_REQUIRE_REDIS is set (as in CI)")
+            pytest.skip(reason)
         self._executable = executable
         self.password = password
         self.port = 0

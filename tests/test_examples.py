@@ -12,7 +12,10 @@ import anyio
 import httpx
 import pytest
 
+from ._redis import RedisServer, redis_server
 from ._wsserver import WSServer
+
+__all__ = ("redis_server",)
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +194,27 @@ async def test_the_echo_server_command_serves_the_examples() -> None:
                 assert "'hello 9'" in output
             finally:
                 process.terminate()
+
+
+async def test_shared_capacity_example_holds_its_limit_across_processes(
+    ws_server: WSServer, redis_server: RedisServer
+) -> None:
+    # Three processes of the example at once: the server never sees more than
+    # the shared limit of 3 connections, and each process serves its 40.
+    command = [sys.executable, str(EXAMPLES / "shared_capacity.py"), ws_server.url]
+    outputs: list[str] = []
+
+    async def one() -> None:
+        result = await anyio.run_process([*command, redis_server.url], check=False)
+        assert result.returncode == 0, result.stderr.decode()
+        outputs.append(result.stdout.decode())
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+    for output in outputs:
+        assert "40 requests over " in output, output
+        assert "shared limit 3, " in output, output
+    assert 1 <= ws_server.max_open <= 3
+    await ws_server.wait_until(lambda: ws_server.open_connections == 0)

@@ -26,7 +26,13 @@ from anyio_wspool import (
     open_pool_group,
 )
 
-from ._redis import RedisServer, collect_failed_connections, redis_key, redis_server
+from ._redis import (
+    RedisServer,
+    collect_failed_connections,
+    redis_key,
+    redis_server,
+    run_redis_server,
+)
 from ._util import until
 from ._wsserver import WSServer, serve_ws
 
@@ -161,6 +167,9 @@ async def test_fail_policy_turns_away_borrowers_that_need_a_new_connection(
             # The connection opened before the restart takes a slot again at
             # the next refresh (lease_ttl / 3).
             await _until_slots(redis_server, redis_key, 2)
+    # Nothing is left behind, in Redis or at the server.
+    assert await _keys(redis_server, redis_key) == []
+    await ws_server.wait_until(lambda: ws_server.open_connections == 0)
 
 
 async def test_local_policy_goes_on_under_the_local_cap_and_warns_once(
@@ -192,6 +201,8 @@ async def test_local_policy_goes_on_under_the_local_cap_and_warns_once(
             await ws_server.wait_until(lambda: ws_server.open_connections == 1, timeout=10)
             await until(lambda: pool.stats.shared_in_use == 1, limit=10)
             assert await _slots(redis_server, redis_key) == 1
+    assert await _keys(redis_server, redis_key) == []
+    await ws_server.wait_until(lambda: ws_server.open_connections == 0)
 
 
 async def test_idle_connections_flow_to_a_pool_that_waits(
@@ -332,3 +343,27 @@ async def test_stats_without_a_shared_capacity(ws_server: WSServer) -> None:
         stats: PoolStats = pool.stats
         assert stats.shared_limit is None
         assert stats.shared_in_use is None
+
+
+async def test_the_redis_password_never_shows(
+    redis_key: str,
+    ws_server: WSServer,
+    caplog: pytest.LogCaptureFixture,
+    collect_failed_connections: None,
+) -> None:
+    # Redis refuses the password: the borrower's error, the pool's repr and
+    # stats, and every log record, never show it.
+    password = "s3cret-redis-pw"
+    caplog.set_level(logging.DEBUG)
+    with run_redis_server(password="another-one") as server:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        capacity = RedisCapacity(url, key=redis_key, limit=2)
+        with anyio.fail_after(10):
+            async with open_pool(ws_server.url, shared_capacity=capacity) as pool:
+                with pytest.raises(PoolUnavailable) as info:
+                    await pool.acquire()
+                shown = [str(info.value), repr(info.value.__cause__), repr(pool), repr(capacity)]
+                shown.append(str(pool.stats))
+    assert password not in " ".join(shown)
+    assert password not in caplog.text
+    assert "***" in repr(capacity)
