@@ -202,7 +202,7 @@ class WebSocketPoolGroup(Generic[R]):
         self._close_timeout = close_timeout
         self._fleet: FleetSlots | None = None
         self._fleet_context: AbstractAsyncContextManager[Any] | None = None
-        self._fleet_scope = anyio.CancelScope()
+        self._fleet_scope: anyio.CancelScope | None = None
         self._per_key = max_connections_per_key
         self._members: dict[Hashable, _Member[R]] = {}
         self._tg: TaskGroup | None = None
@@ -415,6 +415,7 @@ class WebSocketPoolGroup(Generic[R]):
             slots = await context.__aenter__()
             self._fleet_context = context
             self._fleet = FleetSlots(capacity, slots, self._cleanup_interval)
+            self._fleet_scope = anyio.CancelScope()
         outer = self._outer = anyio.create_task_group()
         try:
             await outer.__aenter__()
@@ -432,6 +433,7 @@ class WebSocketPoolGroup(Generic[R]):
     async def _run_fleet(self) -> None:
         """The task of the group's shared slots, until the group's pools are closed."""
         assert self._fleet is not None
+        assert self._fleet_scope is not None
         with self._fleet_scope:
             await self._fleet.run()
 
@@ -473,7 +475,8 @@ class WebSocketPoolGroup(Generic[R]):
             with anyio.CancelScope(shield=True):
                 await self.aclose()
         finally:
-            self._fleet_scope.cancel()
+            if self._fleet_scope is not None:
+                self._fleet_scope.cancel()
             self._stopped.set()
             # Shielded: the group's task ends at once, and a cancellation of
             # the scope around the group must not replace the exception

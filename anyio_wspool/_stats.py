@@ -34,6 +34,11 @@ class PoolStats:
     waiting: int
     #: the circuit breaker: ``closed`` (or no breaker), ``open`` or ``half_open``
     circuit: str
+    #: ``shared_capacity``: the limit shared across processes (None: no shared capacity)
+    shared_limit: int | None
+    #: ``shared_capacity``: the slots held by every process together, as last
+    #: seen in Redis (None: not seen yet, or no shared capacity)
+    shared_in_use: int | None
     #: connections whose handshake succeeded
     opened: int
     #: opened connections that have been closed since
@@ -58,11 +63,6 @@ class PoolStats:
     #: borrowers turned away at once because the circuit breaker was open, or
     #: because Redis failed (``shared_capacity``)
     unavailable: int
-    #: ``shared_capacity``: the limit shared across processes (None: no shared capacity)
-    shared_limit: int | None = None
-    #: ``shared_capacity``: the slots held by every process together, as last
-    #: seen in Redis (None: not seen yet, or no shared capacity)
-    shared_in_use: int | None = None
 
 
 PoolStats.__module__ = "anyio_wspool"
