@@ -30,12 +30,29 @@ import importlib
 import importlib.metadata
 import inspect
 import math
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,7 +64,7 @@ import httpx
 import httpx2
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 
-from anyio_wspool import WebSocketPool, open_pool
+from anyio_wspool import RedisCapacity, WebSocketPool, open_pool
 
 if TYPE_CHECKING:
     from tests._wsserver import WSServer
@@ -98,6 +115,8 @@ class Sizes:
     cold_start_handshake_delay: float = 0.02
     #: scenario 10: borrowers of a pool whose server accepts, then closes, every connection
     dead_server_borrowers: int = 100
+    #: scenario 11: connections opened (and closed) by one task, per segment
+    shared_opens: int = 200
     #: each contender's timed work is split into this many segments, run in
     #: alternation with the other contenders' (see interleave)
     segments: int = 5
@@ -124,6 +143,7 @@ QUICK = Sizes(
     throughput_per_request_round_trips=96,
     cold_start_borrowers=60,
     dead_server_borrowers=50,
+    shared_opens=60,
     segments=3,
     repetitions=3,
     worker_timeout=90.0,
@@ -1778,3 +1798,115 @@ async def _dead_server(failure_threshold: int | None, borrowers: int) -> tuple[f
         if errors != borrowers:
             raise RuntimeError(f"{borrowers - errors} borrowers got a reply from a dead server")
         return elapsed, server.handshakes
+
+
+# -- 11. shared capacity (Redis) --------------------------------------------------------------
+
+SHARED_OPEN_LOCAL = "open + close, no shared capacity"
+SHARED_OPEN_REDIS = "open + close, shared_capacity (Redis on 127.0.0.1)"
+SHARED_LEND_LOCAL = "lend + give back, no shared capacity"
+SHARED_LEND_REDIS = "lend + give back, shared_capacity"
+
+
+@scenario(
+    "11", SHARED_OPEN_LOCAL,
+    [
+        Metric("ms_per_open", "ms per connection opened and closed", "lower", 3,
+               baseline=SHARED_OPEN_LOCAL),
+        Metric("us_per_cycle", US, "lower", 2, baseline=SHARED_LEND_LOCAL),
+    ],
+    [
+        Target(f"lending with a shared capacity costs the same (≤ 1.1{X})",
+               SHARED_LEND_REDIS, "us_per_cycle <= 1.1", SHARED_LEND_LOCAL),
+        Target("opening a connection: one Redis round trip more",
+               SHARED_OPEN_REDIS, "ms_per_open <= 2.0", SHARED_OPEN_LOCAL, role="reported"),
+    ],
+)  # fmt: skip
+async def scenario_shared(ctx: Context) -> None:
+    """Shared capacity: what a limit held in Redis costs
+
+    `shared_capacity=RedisCapacity(...)` against a `redis-server` started on
+    127.0.0.1 for the run, on the echo server. Opening: one task opens a new
+    connection (`acquire_new()`) and closes it (`release(discard=True)`), N
+    times (200 per segment in a full run): each opening takes a slot in Redis
+    first, one round trip (the slot of the connection closed is given back by
+    the pool's task, off the borrower's path). Lending: one task takes and
+    gives back an idle connection, as in scenario 1, with and without a
+    shared capacity: lending never touches Redis.
+    """
+    segments = ctx.sizes.segments
+    opens = ctx.sizes.shared_opens
+    cycles = ctx.sizes.overhead_cycles // segments
+    with redis_server() as redis_url:
+        capacity = RedisCapacity(redis_url, key=f"bench:{ctx.backend}:{ctx.rep}", limit=1000)
+
+        def pool_of(shared: bool) -> ACM[WebSocketPool[AsyncWebSocketSession]]:
+            if shared:
+                return open_pool(ctx.uri, shared_capacity=capacity, max_connections=16)
+            return open_pool(ctx.uri, max_connections=16)
+
+        def opener(shared: bool) -> ContenderFactory:
+            @asynccontextmanager
+            async def factory() -> AsyncIterator[Segment]:
+                async with pool_of(shared) as pool:
+
+                    async def loop(count: int) -> None:
+                        for _ in range(count):
+                            ws = await pool.acquire_new()
+                            await pool.release(ws, discard=True)
+
+                    yield cycles_segment(opens, loop)
+
+            return factory
+
+        def lender(shared: bool) -> ContenderFactory:
+            @asynccontextmanager
+            async def factory() -> AsyncIterator[Segment]:
+                async with pool_of(shared) as pool:
+                    await warm_pool(pool, 1)
+                    yield lease_loop(cycles, pool.connection)
+
+            return factory
+
+        opening = await interleave(
+            {SHARED_OPEN_LOCAL: opener(False), SHARED_OPEN_REDIS: opener(True)}, segments, ctx.rep
+        )
+        for name, seconds in opening.items():
+            ctx.add(name, "ms_per_open", seconds / (opens * segments) * 1e3)
+        lending = await interleave(
+            {SHARED_LEND_LOCAL: lender(False), SHARED_LEND_REDIS: lender(True)}, segments, ctx.rep
+        )
+        for name, seconds in lending.items():
+            ctx.add(name, "us_per_cycle", seconds / (cycles * segments) * 1e6)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A ``redis-server`` on 127.0.0.1 at a free port for the block; yields its URL."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server is not installed (Debian: apt install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as workdir:
+        args = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", workdir, "--logfile", ""]  # fmt: skip
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                        sock.sendall(b"PING\r\n")
+                        if sock.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.01)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait(10)
