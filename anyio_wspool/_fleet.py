@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,7 @@ class FleetSlots:
     __slots__ = (
         "_announced",
         "_capacity",
+        "_context",
         "_free",
         "_held",
         "_interval",
@@ -82,10 +84,25 @@ class FleetSlots:
         "local",
     )
 
+    @classmethod
+    async def open(cls, capacity: RedisCapacity, cleanup_interval: float) -> FleetSlots:
+        """Connect to the shared limit (no I/O: this succeeds while Redis is away).
+
+        The caller runs :meth:`run` in a task and calls :meth:`close` at the
+        end, in the task that called this (the Redis client's own task group
+        must be left where it was entered).
+        """
+        context = capacity._open()
+        slots = await context.__aenter__()
+        fleet = cls(capacity, slots, cleanup_interval)
+        fleet._context = context
+        return fleet
+
     def __init__(
         self, capacity: RedisCapacity, slots: _SharedSlots, cleanup_interval: float
     ) -> None:
         self._capacity = capacity
+        self._context: AbstractAsyncContextManager[Any] | None = None
         self._slots = slots
         self.limit = capacity.limit
         self._local_policy = capacity.when_unavailable == "local"
@@ -237,15 +254,10 @@ class FleetSlots:
                 continue
             if not self._waiting or self.local:
                 break
-            member = slots.new_member()
-            self._pending.add(member)
-            try:
-                taken, _ = await slots.take(member)
-            except Exception as exc:
-                self._pending.discard(member)
-                self._failed(exc)
+            answer = await self._take()
+            if answer is None:
                 break
-            self._pending.discard(member)
+            member, taken = answer
             self._answered()
             self.at_limit = not taken
             if not taken:
@@ -256,6 +268,20 @@ class FleetSlots:
             self._serve()
         if self._announced and not self._waiting:
             await self._announce(False)
+
+    async def _take(self) -> tuple[str, bool] | None:
+        """Ask Redis for a slot: its member and whether it was taken (None: Redis failed)."""
+        member = self._slots.new_member()
+        # (Left pending if the task is stopped meanwhile: aclose() gives it back.)
+        self._pending.add(member)
+        try:
+            taken, _ = await self._slots.take(member)
+        except Exception as exc:
+            self._pending.discard(member)
+            self._failed(exc)
+            return None
+        self._pending.discard(member)
+        return member, taken
 
     async def _announce(self, waiting: bool) -> None:
         """Tell Redis whether this process waits for the shared limit (errors: the next try)."""
@@ -289,20 +315,14 @@ class FleetSlots:
         """Take a slot for each open connection without one; close idle ones that get none."""
         if self.local or self.error is not None:
             return
-        slots = self._slots
         for conn, pool in list(self._unslotted.items()):
             if conn.state >= State.CLOSING:
                 self._unslotted.pop(conn, None)
                 continue
-            member = slots.new_member()
-            self._pending.add(member)
-            try:
-                taken, _ = await slots.take(member)
-            except Exception as exc:
-                self._pending.discard(member)
-                self._failed(exc)
+            answer = await self._take()
+            if answer is None:
                 return
-            self._pending.discard(member)
+            member, taken = answer
             if conn not in self._unslotted:  # closed meanwhile
                 if taken:
                     self._free.append(member)
@@ -391,6 +411,19 @@ class FleetSlots:
         return error
 
     # -- closing ------------------------------------------------------------------------
+
+    async def close(self, close_timeout: float) -> None:
+        """Give back what is left (shielded, within ``close_timeout``); close the Redis client."""
+        context, self._context = self._context, None
+        try:
+            if not self.closed:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(close_timeout):
+                    await self.aclose()
+        finally:
+            if context is not None:
+                # (Not shielded: the client's task group must be left in the
+                # scope it was entered in; leaving it waits for nothing.)
+                await context.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Give back every slot left (the pools' connections are closed); idempotent.

@@ -201,7 +201,6 @@ class WebSocketPoolGroup(Generic[R]):
         self._cleanup_interval = cleanup_interval
         self._close_timeout = close_timeout
         self._fleet: FleetSlots | None = None
-        self._fleet_context: AbstractAsyncContextManager[Any] | None = None
         self._fleet_scope: anyio.CancelScope | None = None
         self._per_key = max_connections_per_key
         self._members: dict[Hashable, _Member[R]] = {}
@@ -411,10 +410,7 @@ class WebSocketPoolGroup(Generic[R]):
         capacity = self._shared_capacity
         if capacity is not None:
             # (Opening it does no I/O: a group opens while Redis is away.)
-            context = capacity._open()
-            slots = await context.__aenter__()
-            self._fleet_context = context
-            self._fleet = FleetSlots(capacity, slots, self._cleanup_interval)
+            self._fleet = await FleetSlots.open(capacity, self._cleanup_interval)
             self._fleet_scope = anyio.CancelScope()
         outer = self._outer = anyio.create_task_group()
         try:
@@ -439,16 +435,8 @@ class WebSocketPoolGroup(Generic[R]):
 
     async def _close_fleet(self) -> None:
         """Give back the group's shared slots (bounded) and close its Redis client."""
-        context = self._fleet_context
-        if context is None:
-            return
-        self._fleet_context = None
-        try:
-            if self._fleet is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout):
-                    await self._fleet.aclose()
-        finally:
-            await context.__aexit__(None, None, None)
+        if self._fleet is not None:
+            await self._fleet.close(self._close_timeout)
 
     async def _run(self, *, task_status: TaskStatus[None]) -> None:
         # Shielded, as a pool's own tasks: the pools are closed by the group

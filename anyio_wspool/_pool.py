@@ -282,7 +282,7 @@ class WebSocketPool(Generic[R]):
         #: the slots of the limit shared across processes (shared_capacity),
         #: the pool's own or its group's; and the context of the pool's own
         self._fleet: FleetSlots | None = None
-        self._fleet_context: AbstractAsyncContextManager[Any] | None = None
+        self._own_fleet = False
         #: refresh_on_acquire, and the connector's usable and unpark (None when
         #: they do nothing: a generic connector's resource is always usable)
         self._refresh = config.refresh_on_acquire
@@ -572,10 +572,8 @@ class WebSocketPool(Generic[R]):
             capacity = self._config.shared_capacity
             if capacity is not None and self._fleet is None:
                 # (Opening it does no I/O: a pool opens while Redis is away.)
-                context = capacity._open()
-                slots = await context.__aenter__()
-                self._fleet_context = context
-                self._fleet = FleetSlots(capacity, slots, self._config.cleanup_interval)
+                self._fleet = await FleetSlots.open(capacity, self._config.cleanup_interval)
+                self._own_fleet = True
             await outer.__aenter__()
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -597,7 +595,7 @@ class WebSocketPool(Generic[R]):
             tg.start_soon(self._dispatcher.run, name="anyio_wspool callbacks")
         if self._fleet is not None:
             self._fleet.join(self)
-            if self._fleet_context is not None:
+            if self._own_fleet:
                 tg.start_soon(self._fleet.run, name="anyio_wspool shared capacity")
         self._grow()  # min_connections
         return self
@@ -672,22 +670,9 @@ class WebSocketPool(Generic[R]):
 
     async def _close_fleet(self) -> None:
         """Give back the pool's own shared slots (bounded) and close its Redis client."""
-        context = self._fleet_context
-        if context is None:
-            return
-        self._fleet_context = None
-        fleet = self._fleet
-        try:
-            if fleet is not None and not fleet.closed:
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.move_on_after(self._config.close_timeout),
-                ):
-                    await fleet.aclose()
-        finally:
-            # (Not shielded: the client's own task group must be left in the
-            # scope it was entered in; leaving it waits for nothing.)
-            await context.__aexit__(None, None, None)
+        if self._own_fleet and self._fleet is not None:
+            self._own_fleet = False
+            await self._fleet.close(self._config.close_timeout)
 
     async def aclose(self) -> None:
         """Close the pool and every connection; idempotent.
@@ -729,7 +714,7 @@ class WebSocketPool(Generic[R]):
                 left = self._closed_at + self._config.close_timeout - anyio.current_time()
                 await self._dispatcher.stop(max(left, 0.0))
             fleet = self._fleet
-            if fleet is not None and self._fleet_context is not None and not fleet.closed:
+            if fleet is not None and self._own_fleet and not fleet.closed:
                 # Its shared slots go back to Redis now, within close_timeout.
                 left = self._closed_at + self._config.close_timeout - anyio.current_time()
                 with anyio.move_on_after(max(left, 0.1)):

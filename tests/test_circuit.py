@@ -394,39 +394,20 @@ async def test_restart_code_makes_the_next_connection_back_off(
         assert waited < backoff
 
 
-async def test_borrower_gets_a_fatal_close_of_its_new_connection(ws_server: WSServer) -> None:
-    # drain_on_release with on_connect drains a new connection before its first
-    # lease; the server closes it meanwhile with 4003: the waiting borrower gets
-    # that error at once instead of a new connection.
-    ws_server.close_new_after = 0.05
-    ws_server.close_new_code = 4003
-
-    async def hello(ws: Any) -> None:
-        await ws.send_text("hello")
-
-    with anyio.fail_after(10):
-        async with open_pool(
-            ws_server.url,
-            on_connect=hello,
-            drain_on_release=True,
-            drain_quiet_period=0.5,
-            acquire_timeout=30,
-        ) as pool:
-            with pytest.raises(WebSocketDisconnect) as info:
-                await pool.acquire()
-            assert info.value.code == 4003
-            assert ws_server.handshakes == 1
-
-
-@pytest.mark.parametrize("pings", [True, False], ids=["answers-pings", "no-pongs"])
-async def test_fatal_close_during_the_first_drain_reaches_the_borrower_at_once(
-    ws_server: WSServer, pings: bool
+@pytest.mark.parametrize(
+    ("close_after", "pings"),
+    [(0.05, True), (0.0, True), (0.0, False)],
+    ids=["during-the-quiet-period", "at-once", "at-once-no-pongs"],
+)
+async def test_borrower_gets_a_fatal_close_of_its_new_connection(
+    ws_server: WSServer, close_after: float, pings: bool
 ) -> None:
-    # The server closes the new connection with 4003 as soon as it is open,
-    # while the pool drains it before its first lease: the drain's ping gets no
-    # pong. The borrower gets the close at once, not a new connection (nor a
-    # PoolTimeout after drain_timeout).
-    ws_server.close_new_after = 0.0
+    # drain_on_release with on_connect drains a new connection before its first
+    # lease; the server closes it meanwhile with 4003 (during the drain's quiet
+    # period, or at once, while the drain's ping waits for a pong that may never
+    # come): the waiting borrower gets that error at once, not a new connection
+    # nor a PoolTimeout after drain_timeout.
+    ws_server.close_new_after = close_after
     ws_server.close_new_code = 4003
     ws_server.answer_pings = pings
 
@@ -438,6 +419,7 @@ async def test_fatal_close_during_the_first_drain_reaches_the_borrower_at_once(
             ws_server.url,
             on_connect=hello,
             drain_on_release=True,
+            drain_quiet_period=0.5,
             drain_timeout=30,
             acquire_timeout=30,
         ) as pool:
