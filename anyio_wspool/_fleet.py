@@ -55,6 +55,10 @@ logger = logging.getLogger("anyio_wspool")
 #: the first and the longest pause between two requests for a slot at the shared limit
 _POLL_FIRST = 0.02
 _POLL_MAX = 0.25
+#: seconds a process's "waiting" entry lasts in Redis unless renewed (every
+#: request for a slot that Redis refuses renews it): the entry of a process
+#: that lost Redis, or died, lapses on its own this soon
+_WAITING_TTL = 1.0
 
 
 class FleetSlots:
@@ -65,6 +69,7 @@ class FleetSlots:
         "_capacity",
         "_context",
         "_free",
+        "_freeing",
         "_held",
         "_interval",
         "_local_policy",
@@ -114,14 +119,17 @@ class FleetSlots:
         self._free: list[str] = []
         #: the slot of each connection that holds one
         self._held: dict[Conn[Any], str] = {}
+        #: idle connections being closed so that a pool of this process that
+        #: waits at the shared limit gets their slots
+        self._freeing: set[Conn[Any]] = set()
         #: open connections that hold no slot (opened while Redis was away, or
         #: whose lease ran out), and their pools
         self._unslotted: dict[Conn[Any], WebSocketPool[Any]] = {}
         #: slots being taken or given back: given back at close if the task
         #: was stopped before Redis answered (the call may have reached it)
         self._pending: set[str] = set()
-        #: whether Redis has this process's "waiting" entry
-        self._announced = False
+        #: how many slots this process's "waiting" entry in Redis says it needs
+        self._announced = 0
         self._poll = _POLL_FIRST
         self._wakeup: anyio.Event | None = None
         #: the task's scope, and set once it has ended (None: it never started)
@@ -149,13 +157,6 @@ class FleetSlots:
         """Slots held by every process together, as last seen (None: not seen yet)."""
         return self._slots.in_use
 
-    def room(self) -> int:
-        """How many connections could get a slot now, as far as this process knows."""
-        if self.local:
-            return self.limit
-        seen = self._slots.in_use
-        return len(self._free) + (self.limit if seen is None else max(0, self.limit - seen))
-
     def has_room(self, pool: WebSocketPool[Any], needed: int) -> bool:
         """Whether ``pool`` may start a connection now; if not, it queues for a slot."""
         if self._free or self.local:
@@ -176,6 +177,7 @@ class FleetSlots:
     def give_back(self, conn: Conn[Any]) -> None:
         """``conn`` is closed: its slot serves a pool that waits, or goes back to Redis."""
         self._unslotted.pop(conn, None)
+        self._freeing.discard(conn)
         member = self._held.pop(conn, None)
         if member is None:
             return
@@ -224,11 +226,14 @@ class FleetSlots:
             await self._work()
             deadline = min(next_refresh, next_check)
             if self._waiting and not self.local:
-                # At the shared limit (or Redis failed): ask again soon.
+                # At the shared limit: ask again soon, not sooner (what the
+                # pools do meanwhile, making room included, wakes nothing).
                 deadline = min(deadline, anyio.current_time() + self._poll)
                 self._poll = min(_POLL_MAX, 2 * self._poll)
-            with anyio.CancelScope(deadline=deadline):
-                await self._wakeup.wait()
+                await anyio.sleep_until(deadline)
+            else:
+                with anyio.CancelScope(deadline=deadline):
+                    await self._wakeup.wait()
             now = anyio.current_time()
             if now >= next_refresh:
                 next_refresh = now + period
@@ -252,6 +257,7 @@ class FleetSlots:
                     self._answered()
                 self._pending.discard(member)
                 continue
+            self._prune()
             if not self._waiting or self.local:
                 break
             answer = await self._take()
@@ -261,13 +267,60 @@ class FleetSlots:
             self._answered()
             self.at_limit = not taken
             if not taken:
-                await self._announce(True)
+                self._limit_reached()
+                await self._announce(self._need())
                 return
             self._poll = _POLL_FIRST
             self._free.append(member)
             self._serve()
         if self._announced and not self._waiting:
-            await self._announce(False)
+            await self._announce(0)
+
+    def _prune(self) -> None:
+        """Drop the pools that no longer need a slot (their borrowers left)."""
+        for pool in list(self._waiting):
+            if not pool._needs():
+                del self._waiting[pool]
+
+    def _need(self) -> int:
+        """How many slots the waiting pools need, beyond idle connections being closed for them."""
+        return max(0, sum(pool._needs() for pool in self._waiting) - len(self._freeing))
+
+    def _limit_reached(self) -> None:
+        """Redis refused a slot: each waiting pool meets the shared limit as it meets its own.
+
+        The pool applies ``acquire_timeout=0`` and ``max_waiting`` to the
+        borrowers no connection being opened will serve, and makes room for
+        those who asked for a new connection by closing one of its idle ones.
+        For what is left, idle connections of the other pools of this process
+        (a group's other keys), longest idle first, are closed: their slots
+        go to the pools that wait.
+        """
+        for pool in list(self._waiting):
+            pool._at_shared_limit()
+        self._prune()
+        shortfall = self._need()
+        while shortfall > 0:
+            victim = self._victim()
+            if victim is None:
+                return
+            owner, conn = victim
+            self._freeing.add(conn)
+            owner._retire(conn, Reason.MAKE_ROOM)
+            shortfall -= 1
+
+    def _victim(self) -> tuple[WebSocketPool[Any], Conn[Any]] | None:
+        """The longest idle connection of a pool that does not wait, beyond its min_connections."""
+        best: tuple[WebSocketPool[Any], Conn[Any]] | None = None
+        for pool in self._pools:
+            if pool in self._waiting or pool._closing or not pool._idle:
+                continue
+            if pool._open_count() <= pool._config.min_connections:
+                continue
+            conn = next(iter(pool._idle))
+            if best is None or conn.idle_since < best[1].idle_since:
+                best = (pool, conn)
+        return best
 
     async def _take(self) -> tuple[str, bool] | None:
         """Ask Redis for a slot: its member and whether it was taken (None: Redis failed)."""
@@ -283,14 +336,14 @@ class FleetSlots:
         self._pending.discard(member)
         return member, taken
 
-    async def _announce(self, waiting: bool) -> None:
-        """Tell Redis whether this process waits for the shared limit (errors: the next try)."""
+    async def _announce(self, need: int) -> None:
+        """Tell Redis how many slots this process waits for (0: none; errors: the next try)."""
         try:
-            await self._slots.set_waiting(self._slots.pool_id, waiting)
+            await self._slots.set_waiting(self._slots.pool_id, need, _WAITING_TTL)
         except Exception as exc:
             self._failed(exc)
         else:
-            self._announced = waiting
+            self._announced = need
 
     async def _refresh(self) -> None:
         """Renew every slot's lease; a connection whose lease ran out holds none."""
@@ -307,8 +360,6 @@ class FleetSlots:
                 if member in lost:
                     del held[conn]
                     self._unslotted[conn] = self._owner(conn)
-        if self._announced:
-            await self._announce(True)  # (the entry expires unless renewed)
         await self._slot_unslotted()
 
     async def _slot_unslotted(self) -> None:
@@ -332,6 +383,10 @@ class FleetSlots:
                 self._held[conn] = member
             elif conn.state is State.IDLE:
                 pool._retire(conn, Reason.SHARED_LIMIT)
+            else:
+                # Busy (lent, or handed from borrower to borrower): it is
+                # closed when it comes back, never lent again.
+                pool._over_shared_limit(conn)
 
     async def _give_up_idle(self) -> None:
         """Close the idle connections nobody here needs if other processes wait for a slot."""
@@ -347,12 +402,13 @@ class FleetSlots:
         except Exception as exc:
             self._failed(exc)
             return
-        if not others:
-            return
         spare.sort(key=lambda item: item[0])
         for _, conn, pool in spare:
+            if others <= 0:
+                return
             if conn.state is State.IDLE and pool._open_count() > pool._config.min_connections:
                 pool._retire(conn, Reason.SHARED_LIMIT)
+                others -= 1
 
     def _owner(self, conn: Conn[Any]) -> WebSocketPool[Any]:
         for pool in self._pools:
@@ -395,7 +451,7 @@ class FleetSlots:
         if self.error is None:
             return
         self.error = None
-        logger.warning(
+        logger.info(
             "Redis of the shared capacity %s answers again; connections hold shared slots again",
             self._capacity.key,
         )
@@ -447,8 +503,8 @@ class FleetSlots:
             if members:
                 await slots.give_back_all(members)
             if self._announced:
-                self._announced = False
-                await slots.set_waiting(slots.pool_id, False)
+                self._announced = 0
+                await slots.set_waiting(slots.pool_id, 0)
         except Exception as exc:
             logger.info(
                 "could not give back the shared slots of %s (%s); they are free again "

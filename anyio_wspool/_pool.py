@@ -26,6 +26,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
 
@@ -74,6 +75,9 @@ R = TypeVar("R")
 
 _CONNECTING, _IDLE, _LENT, _DRAINING, _CLOSING, _CLOSED = State
 _INF = math.inf
+#: the generation of a connection left without a shared slot (never a pool's
+#: own: those count up from 0): unfit to be lent again
+_OVER_LIMIT = -1
 
 #: close codes by which a server says it is going away, restarting, or too busy
 #: for now (RFC 6455 §7.4.1, IANA): the next connections back off
@@ -301,6 +305,8 @@ class WebSocketPool(Generic[R]):
         self._fresh_seen = False
         #: bumped by invalidate(): connections of an older generation are not lent again
         self._generation = 0
+        #: what the last prewarm(n) asked for, until it is reached
+        self._prewarm = 0
         #: delay before the next background (re)connection, after failures
         self._warm_delay = 0.0
         #: connections in a row that the server closed soon after they opened
@@ -455,6 +461,7 @@ class WebSocketPool(Generic[R]):
         """
         n = check_int("n", n, minimum=0)
         self._check_open()
+        self._prewarm = n  # (remembered: a shared capacity may give the slots later)
         self._grow(prewarm=n)
 
     async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
@@ -807,7 +814,7 @@ class WebSocketPool(Generic[R]):
         if conn.expires_at != math.inf and self._now() >= conn.expires_at - self._margin:
             return Reason.EXPIRED
         if conn.generation != self._generation:
-            return Reason.INVALIDATED
+            return Reason.SHARED_LIMIT if conn.generation == _OVER_LIMIT else Reason.INVALIDATED
         return None
 
     async def _answers_ping(self, conn: Conn[R], deadline: float) -> bool:
@@ -1241,9 +1248,58 @@ class WebSocketPool(Generic[R]):
         shared = self._shared
         if shared is not None:
             room = min(room, shared.reclaimable(self))
-        if self._fleet is not None:
-            room = min(room, self._fleet.room())
+        # (A shared capacity is not counted: only Redis knows, when asked, and
+        # a borrower who may not wait learns it then: see _at_shared_limit.)
         return room
+
+    def _needs(self) -> int:
+        """How many connections the pool would start now if capacity allowed (see _grow)."""
+        counts = self._counts
+        connecting = counts[_CONNECTING] + self._priming
+        live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
+        for_waiters = len(self._waiters) - connecting + len(self._paused)
+        for_others = max(
+            self._config.min_connections - live, self._prewarm - counts[_IDLE] - connecting
+        )
+        wanted = max(for_waiters, for_others, 0)
+        return 0 if self._closing else min(wanted, self._capacity - len(self._conns))
+
+    def _at_shared_limit(self) -> None:
+        """The shared capacity refused a slot: meet it as the pool's own limit.
+
+        The borrowers that no connection being opened (or prepared) will
+        serve fail at once with ``acquire_timeout=0``, or beyond
+        ``max_waiting``; a borrower of a new connection gets room by the
+        closing of an idle connection of this pool.
+        """
+        config = self._config
+        waiters = self._waiters
+        counts = self._counts
+        covered = counts[_CONNECTING] + counts[_DRAINING]
+        if config.acquire_timeout == 0 and len(waiters) > covered:
+            waiters.fail_beyond(covered, partial(self._refused, PoolTimeout))
+        elif config.max_waiting is not None and len(waiters) > covered + config.max_waiting:
+            waiters.fail_beyond(
+                covered + config.max_waiting, partial(self._refused, PoolOverloaded)
+            )
+        self._grow()  # (makes room for a new connection: the limit is known to be reached)
+
+    def _refused(self, kind: type[PoolError]) -> PoolError:
+        """The error of a borrower turned away at the shared limit."""
+        if kind is PoolTimeout:
+            self._counters.acquire_timeouts += 1
+        else:
+            self._counters.overloaded += 1
+        return kind(
+            f"the shared limit of connections to {self._connector.target} is reached "
+            f"(shared_capacity: {self._config.shared_capacity!r}; "
+            f"acquire_timeout={self._config.acquire_timeout}, "
+            f"max_waiting={self._config.max_waiting}; {describe_gauges(self.stats)})"
+        )
+
+    def _over_shared_limit(self, conn: Conn[R]) -> None:
+        """``conn`` holds no shared slot and may get none: it is closed when it comes back."""
+        conn.generation = _OVER_LIMIT
 
     def _open_count(self) -> int:
         counts = self._counts
@@ -1283,7 +1339,10 @@ class WebSocketPool(Generic[R]):
         waiters = self._waiters
         paused = self._paused
         for_waiters = len(waiters) - connecting + len(paused)
+        prewarm = max(prewarm, self._prewarm)
         for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
+        if prewarm and prewarm - counts[_IDLE] - connecting <= 0:
+            self._prewarm = 0  # reached
         uncovered = max(for_waiters, for_others)
         circuit = self._circuit
         shared = self._shared

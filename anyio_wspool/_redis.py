@@ -127,23 +127,34 @@ return result
 """
 )
 
-# ARGV: pool_id, mode ("set", "clear" or "count"), ttl_ms. Returns how many
-# pools other than pool_id are waiting (their entry not yet expired).
+# ARGV: pool_id, mode ("set" or "count"), ttl_ms, need. A waiting pool's
+# entry is the member "<pool_id>|<need>" (how many slots it waits for); "set"
+# replaces the pool's entry (need 0: removes it). Returns the total need of
+# the pools other than pool_id whose entry has not expired. (A few pools wait
+# at a time: the scan of the set is short.)
 _WAITING = (
     _PRELUDE
     + """
+local prefix = ARGV[1] .. '|'
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1)
 if ARGV[2] == 'set' then
-  redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
-  expire_with_last_lease(KEYS[1])
-elseif ARGV[2] == 'clear' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  for _, entry in ipairs(entries) do
+    if string.sub(entry, 1, #prefix) == prefix then
+      redis.call('ZREM', KEYS[1], entry)
+    end
+  end
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[3])), prefix .. ARGV[4])
+  end
   expire_with_last_lease(KEYS[1])
 end
-local n = redis.call('ZCARD', KEYS[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  n = n - 1
+local total = 0
+for _, entry in ipairs(entries) do
+  if string.sub(entry, 1, #prefix) ~= prefix then
+    total = total + (tonumber(string.match(entry, '|(%d+)$')) or 1)
+  end
 end
-return n
+return total
 """
 )
 
@@ -325,18 +336,24 @@ class RedisCapacity:
 
 
 def _checked_url(url: str) -> str:
+    # The URL is never quoted in these errors: one that does not parse may
+    # not show where its password ends (a "/" in it, not percent-encoded).
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError on a malformed port)
     except ValueError:
-        raise ValueError(f"url_or_client is not a valid Redis URL: {redact_url(url)!r}") from None
-    if parts.scheme not in _SCHEMES:
         raise ValueError(
-            "url_or_client must be a redis:// or rediss:// URL, "
-            f"not {redact_url(url)!r} (scheme {parts.scheme!r})"
-        )
+            "url_or_client is not a valid Redis URL (redis://[[user]:password@]host[:port][/db]; "
+            "percent-encode a password that has '/', '@', ':' or '#' in it)"
+        ) from None
+    if parts.scheme not in _SCHEMES:
+        scheme = parts.scheme if parts.scheme.isalnum() else "?"
+        raise ValueError(f"url_or_client must be a redis:// or rediss:// URL, not a {scheme}: one")
     if not parts.hostname:
-        raise ValueError(f"url_or_client has no host: {redact_url(url)!r}")
+        raise ValueError(
+            "url_or_client has no host (percent-encode a password that has '/', '@', ':' "
+            "or '#' in it)"
+        )
     return url
 
 
@@ -453,25 +470,24 @@ class _SharedSlots:
         self.in_use = _int(items[0])
         return {_str(item) for item in items[1:]}
 
-    async def set_waiting(self, pool_id: str, waiting: bool) -> int:
-        """Record whether the pool ``pool_id`` has borrowers waiting for a slot.
+    async def set_waiting(self, pool_id: str, need: int, ttl: float | None = None) -> int:
+        """Record how many slots the pool ``pool_id`` waits for (0: none, the entry goes).
 
-        A waiting entry lasts ``lease_ttl`` unless set again: a pool that keeps
-        waiting sets it again before then.
+        The entry lasts ``ttl`` seconds (default ``lease_ttl``) unless set
+        again: a pool that keeps waiting sets it again before then, and the
+        entry of a pool that can no longer reach Redis lapses on its own.
 
         Returns:
-            How many *other* pools are waiting, as :meth:`others_waiting`.
+            How many slots *other* pools wait for, as :meth:`others_waiting`.
         """
-        mode = "set" if waiting else "clear"
-        return _int(
-            await self._waiting(keys=[self._waiting_key], args=[pool_id, mode, self._ttl_ms])
-        )
+        ttl_ms = self._ttl_ms if ttl is None else max(1, round(ttl * 1000))
+        args: list[str | int] = [pool_id, "set", ttl_ms, max(0, need)]
+        return _int(await self._waiting(keys=[self._waiting_key], args=args))
 
     async def others_waiting(self, pool_id: str) -> int:
-        """How many pools other than ``pool_id`` are waiting for a slot right now."""
-        return _int(
-            await self._waiting(keys=[self._waiting_key], args=[pool_id, "count", self._ttl_ms])
-        )
+        """How many slots pools other than ``pool_id`` are waiting for right now."""
+        args: list[str | int] = [pool_id, "count", self._ttl_ms, 0]
+        return _int(await self._waiting(keys=[self._waiting_key], args=args))
 
 
 def _int(value: object) -> int:

@@ -195,13 +195,13 @@ async def test_others_waiting_counts_the_other_pools(
     async with open_slots(redis_server.url, redis_key, lease_ttl=30.0) as one:
         async with open_slots(redis_server.url, redis_key, lease_ttl=SHORT_TTL) as other:
             assert await one.others_waiting(one.pool_id) == 0
-            assert await one.set_waiting(one.pool_id, True) == 0
-            assert await one.set_waiting(one.pool_id, True) == 0  # again: still one entry
+            assert await one.set_waiting(one.pool_id, 1) == 0
+            assert await one.set_waiting(one.pool_id, 1) == 0  # again: still one entry
             assert await other.others_waiting(other.pool_id) == 1
             assert await one.others_waiting(one.pool_id) == 0
-            assert await other.set_waiting(other.pool_id, True) == 1
+            assert await other.set_waiting(other.pool_id, 1) == 1
             assert await one.others_waiting(one.pool_id) == 1
-            assert await one.set_waiting(one.pool_id, False) == 1
+            assert await one.set_waiting(one.pool_id, 0) == 1
             assert await other.others_waiting(other.pool_id) == 0
 
             # ``other``'s entry lapses after its lease_ttl unless set again.
@@ -209,6 +209,31 @@ async def test_others_waiting_counts_the_other_pools(
                 return await one.others_waiting(one.pool_id) == 0
 
             await poll_until(lapsed)
+
+
+async def test_others_waiting_sums_what_each_other_pool_needs(
+    redis_server: RedisServer, redis_key: str
+) -> None:
+    async with (
+        open_slots(redis_server.url, redis_key, lease_ttl=30.0) as one,
+        open_slots(redis_server.url, redis_key, lease_ttl=30.0) as other,
+        open_slots(redis_server.url, redis_key, lease_ttl=30.0) as third,
+    ):
+        assert await one.set_waiting(one.pool_id, 3) == 0
+        assert await other.set_waiting(other.pool_id, 2) == 3
+        assert await third.others_waiting(third.pool_id) == 5
+        assert await one.set_waiting(one.pool_id, 1) == 2  # replaced, not added
+        assert await third.others_waiting(third.pool_id) == 3
+        assert await other.set_waiting(other.pool_id, 0) == 1
+        assert await third.others_waiting(third.pool_id) == 1
+        # A short ttl: the entry of a pool that stopped renewing it lapses soon.
+        await other.set_waiting(other.pool_id, 4, ttl=SHORT_TTL)
+        assert await third.others_waiting(third.pool_id) == 5
+
+        async def lapsed() -> bool:
+            return await third.others_waiting(third.pool_id) == 1
+
+        await poll_until(lapsed)
 
 
 async def test_keys_begin_with_key_and_vanish_after_lease_ttl(
@@ -220,7 +245,7 @@ async def test_keys_begin_with_key_and_vanish_after_lease_ttl(
             given_back, abandoned = slots.new_member(), slots.new_member()
             await slots.take(given_back)
             await slots.take(abandoned)
-            await slots.set_waiting(slots.pool_id, True)
+            await slots.set_waiting(slots.pool_id, 1)
             keys = set(await client.keys(f"{redis_key}*"))
             assert keys == {f"{redis_key}:slots", f"{redis_key}:waiting"}
             for name in keys:
