@@ -472,7 +472,7 @@ class FleetSlots:
         """Give back what is left (shielded, within ``close_timeout``); close the Redis client."""
         context, self._context = self._context, None
         try:
-            if not self.closed:
+            if not self.closed or self._free or self._held or self._pending or self._announced:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(close_timeout):
                     await self.aclose()
         finally:
@@ -485,6 +485,7 @@ class FleetSlots:
         """Give back every slot left (the pools' connections are closed); idempotent.
 
         Errors are logged: the slots' leases run out after ``lease_ttl`` anyway.
+        Cancelled, it leaves what it did not give back for the next call.
         """
         self.closed = True
         self._waiting.clear()
@@ -495,17 +496,14 @@ class FleetSlots:
             await self._running.wait()
         members = [*self._free, *self._held.values()]
         members += self._pending  # (calls cut short may have reached Redis)
-        self._free.clear()
-        self._held.clear()
-        self._pending.clear()
         slots = self._slots
         try:
             if members:
                 await slots.give_back_all(members)
             if self._announced:
-                self._announced = 0
                 await slots.set_waiting(slots.pool_id, 0)
         except Exception as exc:
+            self._forget()
             logger.info(
                 "could not give back the shared slots of %s (%s); they are free again "
                 "after lease_ttl=%g s",
@@ -513,3 +511,12 @@ class FleetSlots:
                 describe_error(exc),
                 self._capacity.lease_ttl,
             )
+        else:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Nothing is left to give back (given back, or left to expire)."""
+        self._free.clear()
+        self._held.clear()
+        self._pending.clear()
+        self._announced = 0

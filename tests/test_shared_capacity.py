@@ -367,3 +367,25 @@ async def test_the_redis_password_never_shows(
     assert password not in " ".join(shown)
     assert password not in caplog.text
     assert "***" in repr(capacity)
+
+
+async def test_a_cancelled_close_still_gives_the_slots_back_at_exit(
+    redis_server: RedisServer, redis_key: str, ws_server: WSServer
+) -> None:
+    # aclose() is cancelled while Redis is frozen, before the slots went back:
+    # leaving the pool's block gives them back (not after lease_ttl).
+    capacity = _capacity(redis_server, redis_key, 3, lease_ttl=60)
+    with anyio.fail_after(15):
+        async with open_pool(ws_server.url, shared_capacity=capacity, close_timeout=2) as pool:
+            held = [await pool.acquire() for _ in range(2)]
+            for ws in held:
+                await pool.release(ws)
+            assert await _slots(redis_server, redis_key) == 2
+            redis_server.pause()
+            try:
+                with anyio.move_on_after(0.5) as scope:
+                    await pool.aclose()
+                assert scope.cancelled_caught
+            finally:
+                redis_server.resume()
+        assert await _slots(redis_server, redis_key) == 0
