@@ -59,6 +59,10 @@ _POLL_MAX = 0.25
 #: request for a slot that Redis refuses renews it): the entry of a process
 #: that lost Redis, or died, lapses on its own this soon
 _WAITING_TTL = 1.0
+#: seconds a slot that nobody in the process needs is kept before it goes back
+#: to Redis: a connection closed and another opened soon after (a replacement,
+#: a borrower of a new connection) reuse it without a round trip
+_LINGER = 0.05
 
 
 class FleetSlots:
@@ -72,6 +76,8 @@ class FleetSlots:
         "_freeing",
         "_held",
         "_interval",
+        "_linger",
+        "_linger_until",
         "_local_policy",
         "_pending",
         "_poll",
@@ -117,6 +123,9 @@ class FleetSlots:
         self._waiting: OrderedDict[WebSocketPool[Any], None] = OrderedDict()
         #: slots held in Redis that no connection holds (yet, or any more)
         self._free: list[str] = []
+        #: when the free slots that nobody takes meanwhile go back to Redis
+        self._linger = _LINGER
+        self._linger_until = 0.0
         #: the slot of each connection that holds one
         self._held: dict[Conn[Any], str] = {}
         #: idle connections being closed so that a pool of this process that
@@ -184,7 +193,9 @@ class FleetSlots:
         self._free.append(member)
         self._serve()
         if self._free:
-            self._wake()  # the task gives back what nobody took
+            # The task gives back what nobody took, after a short while.
+            self._linger_until = anyio.current_time() + self._linger
+            self._wake()
 
     def _serve(self) -> None:
         """Let the waiting pools, in turn, start connections with the free slots."""
@@ -225,6 +236,8 @@ class FleetSlots:
             self._wakeup = event_class()
             await self._work()
             deadline = min(next_refresh, next_check)
+            if self._free and not self._waiting:
+                deadline = min(deadline, self._linger_until)
             if self._waiting and not self.local:
                 # At the shared limit: ask again soon, not sooner (what the
                 # pools do meanwhile, making room included, wakes nothing).
@@ -246,7 +259,7 @@ class FleetSlots:
         """Give back the slots nobody needs; take slots for the pools that wait."""
         slots = self._slots
         while True:
-            if self._free and not self._waiting:
+            if self._free and not self._waiting and anyio.current_time() >= self._linger_until:
                 member = self._free.pop()
                 self._pending.add(member)
                 try:
