@@ -90,7 +90,9 @@ def open_pool(
         **options: the pool's options, and for a pool given ``uri`` httpx-ws's
             (``headers``, ``subprotocols``, ``max_message_size_bytes``, ...);
             the documentation's option table (also in the README) gives each
-            one's default and meaning.
+            one's default and meaning. ``shared_capacity=RedisCapacity(...)``
+            adds a limit shared with every pool, in any process, that uses
+            the same Redis and key (the ``anyio-wspool[redis]`` extra).
 
     Raises:
         TypeError, ValueError: an argument or option of the wrong type or value
@@ -144,7 +146,10 @@ def open_pool_group(
         client: an ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) that every
             pool of the group connects through (never closed by the group).
         max_connections_per_key: the capacity of each key's pool.
-        **options: the pools' options, as for :func:`open_pool`.
+        **options: the pools' options, as for :func:`open_pool`. With
+            ``shared_capacity``, the group's pools share the process's slots of
+            that limit, and at the shared limit an idle connection of another
+            key is closed for a key that waits.
 
     Raises:
         TypeError, ValueError: an option of the wrong type or value.
