@@ -68,14 +68,18 @@ class Circuit:
         if moment > self.last_success_at:
             self.last_success_at = moment
 
-    def failed(self, now: float, error: Exception) -> bool:
-        """Count a failure; True if it opens the circuit."""
+    def failed(self, now: float, error: Exception, probe: bool = False) -> bool:
+        """Count a failure; True if it opens the circuit.
+
+        While half open, only the probe's failure counts: another connection
+        failing then was started before the circuit opened.
+        """
         if self.last_success_at > self.last_failure_at:
             self.failures = 0  # a connection lived long enough since the last failure
         self.failures += 1
         self.last_failure_at = now
         self.last_error = error
-        if self.state is CircuitState.OPEN:
+        if self.state is CircuitState.OPEN or (self.state is CircuitState.HALF_OPEN and not probe):
             return False  # a connection started before it opened
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.threshold:
             self.state = CircuitState.OPEN

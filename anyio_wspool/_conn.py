@@ -118,6 +118,7 @@ class Conn(Generic[R]):
         "background",
         "close_code",
         "delay",
+        "died_at",
         "expires_at",
         "generation",
         "idle_since",
@@ -183,6 +184,8 @@ class Conn(Generic[R]):
         #: closed it already, and the server's close code if it sent one
         self.server_closed = False
         self.close_code: int | None = None
+        #: when the resource was found dead (closed by the server, broken); 0: not yet
+        self.died_at = 0.0
         #: what a retirement must stop: connecting, backing off, on_connect,
         #: on_release, the drain, a check_on_acquire ping (None otherwise)
         self.scope: anyio.CancelScope | None = None

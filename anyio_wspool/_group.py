@@ -81,7 +81,9 @@ class GroupCapacity:
         if pool not in self._waiting:
             self._waiting[pool] = None
         freeing = self._freeing
-        shortfall = needed - sum(1 for owner in freeing.values() if owner is pool)
+        # Room being made for this pool, or for one that no longer needs it.
+        covered = sum(1 for owner in freeing.values() if owner is pool or not owner._needs())
+        shortfall = needed - covered
         while shortfall > 0:
             victim = self._victim(pool)
             if victim is None:
@@ -91,6 +93,10 @@ class GroupCapacity:
             owner._retire(conn, Reason.MAKE_ROOM)
             shortfall -= 1
         return False
+
+    def freeing_for(self, pool: WebSocketPool[Any]) -> int:
+        """Idle connections of other keys being closed to make room for ``pool``."""
+        return sum(1 for owner in self._freeing.values() if owner is pool)
 
     def reclaimable(self, pool: WebSocketPool[Any]) -> int:
         """Capacity that ``pool`` could get now: free, or held by idle connections it may close."""

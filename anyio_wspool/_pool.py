@@ -865,13 +865,10 @@ class WebSocketPool(Generic[R]):
         if self._admission and not first:
             # How many waiters (this one included) no connection being opened,
             # nor room to open one, nor an idle one to close, would serve.
+            # (A connection backing off covers a waiter too: at a full pool
+            # the waiter adopts it, see _grow.)
             for_capacity = (
-                len(waiters)
-                + 1
-                - self._counts[_CONNECTING]
-                - self._priming
-                + len(self._paused)
-                - self._room()
+                len(waiters) + 1 - self._counts[_CONNECTING] - self._priming - self._room()
             )
             if for_capacity > 0 and not (fresh and self._idle):
                 if timeout == 0:
@@ -1090,6 +1087,9 @@ class WebSocketPool(Generic[R]):
 
     def _attempt_failed(self, conn: Conn[R], error: Exception, retrying: bool) -> None:
         self._counters.connect_failures += 1
+        code = getattr(error, "code", None)  # (a WebSocket close during on_connect)
+        if isinstance(code, int) and not isinstance(code, bool) and code in RESTART_CODES:
+            self._restarting(int(code))
         if self._emit is not None:
             self._emit(
                 ConnectFailedEvent(
@@ -1154,7 +1154,7 @@ class WebSocketPool(Generic[R]):
                 self._connector.target,
                 describe_error(error),
             )
-        self._failure(error)
+        self._failure(error, conn.probe)
 
     def _may_retry(self, conn: Conn[R]) -> bool:
         """No retry while the circuit breaker is open (but for the probe's)."""
@@ -1194,6 +1194,11 @@ class WebSocketPool(Generic[R]):
             self._pausing.discard(conn)
             self._paused.discard(conn)
         conn.wake = self._event_class()
+        # Adopted by a borrower (woken early): still not before the server,
+        # closing with a restart code, said it would be back.
+        left = self._connect_after - self._now()
+        if left > 0 and conn.state is _CONNECTING:
+            await anyio.sleep(left)
 
     def _unwant(self, conn: Conn[R]) -> None:
         """``conn``, being opened for a waiter, is now opened for no one in particular."""
@@ -1233,6 +1238,8 @@ class WebSocketPool(Generic[R]):
 
     def _on_dead(self, conn: Conn[R]) -> None:
         """The resource died on its own (server closed it, keep-alive failed)."""
+        if not conn.died_at:
+            conn.died_at = self._now()  # (its age at death says whether it was a failure)
         if conn.state is _IDLE:
             self._retire(conn, Reason.SERVER_CLOSED)
         elif conn.state is _DRAINING and conn.scope is not None:
@@ -1350,7 +1357,11 @@ class WebSocketPool(Generic[R]):
         make_room = True
         # (Checked first: at a full pool, every new waiter comes through here.)
         while uncovered > 0 and len(self._conns) < self._capacity:
-            if shared is not None and not shared.has_room(self, uncovered):
+            if circuit is not None and circuit.blocks(self._now()):
+                break  # (before asking a group or Redis for room it could not use)
+            # (A group makes room, closing other keys' idle connections, for
+            # waiters only: not for min_connections nor prewarm.)
+            if shared is not None and not shared.has_room(self, max(for_waiters, 0)):
                 break  # the group is full: queued for its capacity
             if fleet is not None and not fleet.has_room(self, uncovered):
                 # Queued for a shared slot. Unless Redis said the shared limit
@@ -1392,7 +1403,11 @@ class WebSocketPool(Generic[R]):
         if circuit is not None and waiters and circuit.blocks(self._now()):
             self._shed()  # (no room is made: no new connection may be opened)
             return
+        if circuit is not None and circuit.state is not CircuitState.CLOSED:
+            for_waiters = min(for_waiters, 1)  # only the probe may be opened
         for_waiters -= counts[_CLOSING]
+        if shared is not None:
+            for_waiters -= shared.freeing_for(self)  # (room the group makes for it)
         while make_room and for_waiters > 0 and self._idle and waiters and waiters.first().fresh:
             self._retire(next(iter(self._idle)), Reason.MAKE_ROOM)
             for_waiters -= 1
@@ -1445,7 +1460,7 @@ class WebSocketPool(Generic[R]):
         if not connector.usable(resource):
             conn.server_closed = True
             conn.close_code = connector.close_code(resource)
-        age = self._now() - conn.opened_at
+        age = (conn.died_at or self._now()) - conn.opened_at
         if self._emit is not None:
             self._emit(RetiredEvent(connector.target, str(conn.reason), conn.close_code, age))
         if self._closing:
@@ -1462,21 +1477,25 @@ class WebSocketPool(Generic[R]):
             self._back_off_background()
             self._failure(connector.closed_error(resource))
         if conn.close_code in RESTART_CODES:
-            config = self._config
-            self._restart_backoff = min(
-                config.retry_backoff_max, max(config.retry_backoff, 2 * self._restart_backoff)
-            )
-            self._connect_after = max(self._connect_after, self._now() + self._restart_backoff)
-            logger.info(
-                "the server closed a connection to %s with code %d; new connections wait %.2f s",
-                connector.target,
-                conn.close_code,
-                self._restart_backoff,
-            )
+            self._restarting(conn.close_code)
+
+    def _restarting(self, code: int) -> None:
+        """The server closed a connection saying it restarts or is busy: new ones back off."""
+        config = self._config
+        self._restart_backoff = min(
+            config.retry_backoff_max, max(config.retry_backoff, 2 * self._restart_backoff)
+        )
+        self._connect_after = max(self._connect_after, self._now() + self._restart_backoff)
+        logger.info(
+            "the server closed a connection to %s with code %d; new connections wait %.2f s",
+            self._connector.target,
+            code,
+            self._restart_backoff,
+        )
 
     # -- the circuit breaker ----------------------------------------------------------
 
-    def _failure(self, error: Exception) -> None:
+    def _failure(self, error: Exception, probe: bool = False) -> None:
         """Count a failure (every attempt failed, or closed young) for the circuit breaker."""
         circuit = self._circuit
         if circuit is None or self._closing:
@@ -1488,7 +1507,7 @@ class WebSocketPool(Generic[R]):
         for conn in self._conns:
             if conn.opened and conn.state < _CLOSING and now - conn.opened_at >= window:
                 circuit.lived(conn.opened_at + window)
-        if circuit.failed(now, error):
+        if circuit.failed(now, error, probe):
             self._counters.circuit_opened += 1
             logger.warning(
                 "%d connection(s) to %s failed in a row (the last: %s); the circuit breaker is "
@@ -1534,14 +1553,17 @@ class WebSocketPool(Generic[R]):
         the others would get a new connection: they fail at once with
         :class:`PoolUnavailable`.
         """
-        if self._room() <= 0:
-            return
         self._shed_for(self._unavailable_error)
 
     def _shed_for(self, error: Callable[[], BaseException]) -> None:
-        """Fail the waiters that need a new connection (beyond those covered) with ``error()``."""
+        """Fail the waiters that need a new connection (beyond those covered) with ``error()``.
+
+        At a full pool they wait for a connection of the pool to come back (a
+        group's capacity or a shared one would not help: no new connection
+        may be opened).
+        """
         if len(self._conns) >= self._capacity:
-            return  # (they wait for a connection to come back)
+            return
         counts = self._counts
         keep = counts[_CONNECTING] + counts[_DRAINING]
         waiters = self._waiters
