@@ -26,15 +26,21 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
+import coredis
 import pytest
 
 __all__ = (
     "RedisServer",
     "collect_failed_connections",
+    "keys_of",
     "redis_key",
     "redis_server",
     "run_redis_server",
+    "until_zcard",
+    "zcard",
 )
 
 START_TIMEOUT = 10.0
@@ -211,3 +217,22 @@ def collect_failed_connections() -> Iterator[None]:
         )
         yield
         gc.collect()
+
+
+async def zcard(server: RedisServer, name: str) -> int:
+    """How many members the sorted set ``name`` holds now (expired leases included)."""
+    async with coredis.Redis.from_url(server.url) as client:
+        return int(await client.zcard(name))
+
+
+async def until_zcard(server: RedisServer, name: str, count: int, limit: float = 5.0) -> None:
+    """Poll Redis (bounded) until the sorted set ``name`` holds ``count`` members."""
+    with anyio.fail_after(limit):
+        while await zcard(server, name) != count:  # noqa: ASYNC110 (Redis signals nothing)
+            await anyio.sleep(0.02)
+
+
+async def keys_of(server: RedisServer, key: str) -> list[Any]:
+    """The Redis keys that begin with ``key``."""
+    async with coredis.Redis.from_url(server.url) as client:
+        return list(await client.keys(f"{key}*"))

@@ -29,9 +29,12 @@ from anyio_wspool import (
 from ._redis import (
     RedisServer,
     collect_failed_connections,
+    keys_of,
     redis_key,
     redis_server,
     run_redis_server,
+    until_zcard,
+    zcard,
 )
 from ._util import until
 from ._wsserver import WSServer, serve_ws
@@ -39,24 +42,6 @@ from ._wsserver import WSServer, serve_ws
 __all__ = ("collect_failed_connections", "redis_key", "redis_server")
 
 pytestmark = pytest.mark.anyio
-
-
-async def _slots(server: RedisServer, key: str) -> int:
-    """How many shared slots Redis holds for ``key`` right now (unexpired or not)."""
-    async with coredis.Redis.from_url(server.url) as client:
-        return int(await client.zcard(f"{key}:slots"))
-
-
-async def _until_slots(server: RedisServer, key: str, count: int, limit: float = 5.0) -> None:
-    """Wait (bounded) until Redis holds ``count`` slots for ``key``."""
-    with anyio.fail_after(limit):
-        while await _slots(server, key) != count:  # noqa: ASYNC110 (Redis signals nothing)
-            await anyio.sleep(0.02)
-
-
-async def _keys(server: RedisServer, key: str) -> list[Any]:
-    async with coredis.Redis.from_url(server.url) as client:
-        return list(await client.keys(f"{key}*"))
 
 
 async def _echo(ws: Any, text: str = "x") -> None:
@@ -90,7 +75,7 @@ async def test_two_pools_share_one_limit_and_a_closed_connection_frees_a_slot(
             first = await a.acquire()
             second = await b.acquire()
             assert ws_server.open_connections == 2
-            assert await _slots(redis_server, redis_key) == 2
+            assert await zcard(redis_server, f"{redis_key}:slots") == 2
             assert a.stats.shared_limit == 2
             assert b.stats.shared_in_use == 2
             served = anyio.Event()
@@ -112,8 +97,8 @@ async def test_two_pools_share_one_limit_and_a_closed_connection_frees_a_slot(
                 await served.wait()
             assert ws_server.max_open == 2
             await a.release(first)
-        assert await _slots(redis_server, redis_key) == 0  # given back at close
-    assert await _keys(redis_server, redis_key) == []
+        assert await zcard(redis_server, f"{redis_key}:slots") == 0  # given back at close
+    assert await keys_of(redis_server, redis_key) == []
 
 
 async def test_lending_and_giving_back_never_touch_redis(
@@ -166,9 +151,9 @@ async def test_fail_policy_turns_away_borrowers_that_need_a_new_connection(
             assert ws_server.handshakes == 2
             # The connection opened before the restart takes a slot again at
             # the next refresh (lease_ttl / 3).
-            await _until_slots(redis_server, redis_key, 2)
+            await until_zcard(redis_server, f"{redis_key}:slots", 2)
     # Nothing is left behind, in Redis or at the server.
-    assert await _keys(redis_server, redis_key) == []
+    assert await keys_of(redis_server, redis_key) == []
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
 
 
@@ -200,8 +185,8 @@ async def test_local_policy_goes_on_under_the_local_cap_and_warns_once(
             # the one slot); the idle ones left without a slot are closed.
             await ws_server.wait_until(lambda: ws_server.open_connections == 1, timeout=10)
             await until(lambda: pool.stats.shared_in_use == 1, limit=10)
-            assert await _slots(redis_server, redis_key) == 1
-    assert await _keys(redis_server, redis_key) == []
+            assert await zcard(redis_server, f"{redis_key}:slots") == 1
+    assert await keys_of(redis_server, redis_key) == []
     await ws_server.wait_until(lambda: ws_server.open_connections == 0)
 
 
@@ -283,7 +268,7 @@ async def test_a_group_shares_one_process_share_of_the_limit(
                 async with group.connection(two.url) as ws:
                     await _echo(ws)
                 await group.release(second)
-            assert await _slots(redis_server, redis_key) == 0
+            assert await zcard(redis_server, f"{redis_key}:slots") == 0
 
 
 async def test_slots_of_a_pool_that_stopped_refreshing_expire(
@@ -380,7 +365,7 @@ async def test_a_cancelled_close_still_gives_the_slots_back_at_exit(
             held = [await pool.acquire() for _ in range(2)]
             for ws in held:
                 await pool.release(ws)
-            assert await _slots(redis_server, redis_key) == 2
+            assert await zcard(redis_server, f"{redis_key}:slots") == 2
             redis_server.pause()
             try:
                 with anyio.move_on_after(0.5) as scope:
@@ -388,4 +373,4 @@ async def test_a_cancelled_close_still_gives_the_slots_back_at_exit(
                 assert scope.cancelled_caught
             finally:
                 redis_server.resume()
-        assert await _slots(redis_server, redis_key) == 0
+        assert await zcard(redis_server, f"{redis_key}:slots") == 0

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import coredis
 import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
-from ._redis import RedisServer, redis_key, redis_server
+from ._redis import RedisServer, redis_key, redis_server, zcard
 from ._wsserver import WSServer
 
 __all__ = ("redis_key", "redis_server")
@@ -111,11 +110,6 @@ async def _end(process: Process) -> None:
         await process.aclose()
 
 
-async def _slots(redis: RedisServer, key: str) -> int:
-    async with coredis.Redis.from_url(redis.url) as client:
-        return int(await client.zcard(f"{key}:slots"))
-
-
 @pytest.mark.parametrize("fresh", [False, True], ids=["churn", "racing-new-connections"])
 async def test_processes_never_exceed_the_shared_limit(
     anyio_backend: tuple[str, dict[str, Any]],
@@ -153,7 +147,7 @@ async def test_processes_never_exceed_the_shared_limit(
     assert [said["count"] for said in served] == [tasks * rounds] * 4
     assert sum(said["opened"] for said in served) > limit  # connections did come and go
     assert 0 < ws_server.max_open <= limit
-    assert await _slots(redis_server, redis_key) == 0  # every process gave its slots back
+    assert await zcard(redis_server, f"{redis_key}:slots") == 0  # every process gave its slots back
 
 
 async def test_slots_of_a_killed_process_come_back_after_lease_ttl(
@@ -223,4 +217,4 @@ async def test_idle_connections_flow_to_the_process_that_waits(
     assert stats["closed"] == 3  # given up for the other process
     assert waited < cleanup_interval + 2.0
     assert ws_server.max_open <= 3
-    assert await _slots(redis_server, redis_key) == 0
+    assert await zcard(redis_server, f"{redis_key}:slots") == 0

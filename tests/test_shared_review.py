@@ -18,25 +18,19 @@ import pytest
 from anyio_wspool import PoolTimeout, PoolUnavailable, RedisCapacity, open_pool, open_pool_group
 
 from ._proxy import serve_proxy
-from ._redis import RedisServer, collect_failed_connections, redis_key, redis_server
+from ._redis import (
+    RedisServer,
+    collect_failed_connections,
+    redis_key,
+    redis_server,
+    until_zcard,
+)
 from ._util import until
 from ._wsserver import WSServer, serve_ws
 
 __all__ = ("collect_failed_connections", "redis_key", "redis_server")
 
 pytestmark = pytest.mark.anyio
-
-
-async def _zcard(server: RedisServer, name: str) -> int:
-    async with coredis.Redis.from_url(server.url) as client:
-        return int(await client.zcard(name))
-
-
-async def _until_zcard(server: RedisServer, name: str, count: int, limit: float = 5.0) -> None:
-    """Poll Redis (bounded) until the sorted set ``name`` holds ``count`` members."""
-    with anyio.fail_after(limit):
-        while await _zcard(server, name) != count:  # noqa: ASYNC110 (Redis signals nothing)
-            await anyio.sleep(0.02)
 
 
 def _capacity(server: RedisServer, key: str, limit: int, **options: Any) -> RedisCapacity:
@@ -329,7 +323,7 @@ async def test_local_mode_comes_back_under_the_shared_limit_when_redis_is_back(
                 await ws_server.wait_until(lambda: ws_server.open_connections == 4)
             finally:
                 redis_server.start()
-            await _until_zcard(redis_server, f"{redis_key}:slots", 2)
+            await until_zcard(redis_server, f"{redis_key}:slots", 2)
             # The pool refreshes (and retries the connections without a slot)
             # every 0.5 s: four times in this window.
             with anyio.move_on_after(2.0):
@@ -364,7 +358,7 @@ async def test_local_mode_logs_one_warning_for_one_outage(
             finally:
                 redis_server.start()
             # Back at the shared limit: the connection holds a slot again.
-            await _until_zcard(redis_server, f"{redis_key}:slots", 1)
+            await until_zcard(redis_server, f"{redis_key}:slots", 1)
     warnings = [
         record.getMessage()
         for record in caplog.records
@@ -402,7 +396,7 @@ async def test_acquire_timeout_zero_is_served_when_a_shared_slot_is_free(
             async with pool_b.connection():
                 assert pool_b.stats.shared_in_use == 2
                 await pool_a.release(conn_a, discard=True)
-                await _until_zcard(redis_server, f"{redis_key}:slots", 1)
+                await until_zcard(redis_server, f"{redis_key}:slots", 1)
                 async with pool_b.connection() as ws:
                     await ws.send_text("x")
                     assert await ws.receive_text() == "x"
@@ -450,14 +444,14 @@ async def test_a_pool_cut_off_from_redis_does_not_make_others_give_up_idle_conne
                             failed.append(exc)
 
                     tg.start_soon(borrow)
-                    await _until_zcard(redis_server, f"{redis_key}:waiting", 1)
+                    await until_zcard(redis_server, f"{redis_key}:waiting", 1)
                     proxy.refuse = True
                     proxy.set_mode("reset")
                 # B waits for nothing now, and cannot say so. Its entry, which
                 # every refused request renews for one second only, lapses
                 # on its own: A may have closed one idle connection for it
                 # meanwhile (the one slot B said it needed), never more.
-                await _until_zcard(redis_server, f"{redis_key}:waiting", 0, limit=3.0)
+                await until_zcard(redis_server, f"{redis_key}:waiting", 0, limit=3.0)
                 closed = pool_a.stats.closed
                 # A checks every 1 s: watch two checks.
                 with anyio.move_on_after(2.2):
