@@ -326,9 +326,7 @@ class FleetSlots:
         """The longest idle connection of a pool that does not wait, beyond its min_connections."""
         best: tuple[WebSocketPool[Any], Conn[Any]] | None = None
         for pool in self._pools:
-            if pool in self._waiting or pool._closing or not pool._idle:
-                continue
-            if pool._open_count() <= pool._config.min_connections:
+            if pool in self._waiting or not pool._spare():
                 continue
             conn = next(iter(pool._idle))
             if best is None or conn.idle_since < best[1].idle_since:
@@ -405,8 +403,8 @@ class FleetSlots:
         """Close the idle connections nobody here needs if other processes wait for a slot."""
         spare: list[tuple[float, Conn[Any], WebSocketPool[Any]]] = []
         for pool in self._pools:
-            count = min(len(pool._idle), pool._open_count() - pool._config.min_connections)
-            if count > 0 and not pool._closing:
+            count = pool._spare()
+            if count:
                 spare += [(conn.idle_since, conn, pool) for conn in list(pool._idle)[:count]]
         if not spare or self.local or self.error is not None:
             return

@@ -100,12 +100,8 @@ class GroupCapacity:
 
     def reclaimable(self, pool: WebSocketPool[Any]) -> int:
         """Capacity that ``pool`` could get now: free, or held by idle connections it may close."""
-        room = self.limit - self.in_use
-        for other in self._pools:
-            if other is not pool and not other._closing:
-                spare = other._open_count() - other._config.min_connections
-                room += max(0, min(len(other._idle), spare))
-        return room
+        spare = sum(other._spare() for other in self._pools if other is not pool)
+        return self.limit - self.in_use + spare
 
     def take(self) -> None:
         self.in_use += 1
@@ -149,9 +145,7 @@ class GroupCapacity:
         best: tuple[WebSocketPool[Any], Conn[Any]] | None = None
         since = math.inf
         for other in self._pools:
-            if other is pool or not other._idle or other._closing:
-                continue
-            if other._open_count() <= other._config.min_connections:
+            if other is pool or not other._spare():
                 continue
             conn = next(iter(other._idle))  # the longest idle of that pool
             if conn.idle_since < since:

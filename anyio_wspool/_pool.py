@@ -1259,17 +1259,31 @@ class WebSocketPool(Generic[R]):
         # a borrower who may not wait learns it then: see _at_shared_limit.)
         return room
 
-    def _needs(self) -> int:
-        """How many connections the pool would start now if capacity allowed (see _grow)."""
+    def _demand(self, prewarm: int = 0) -> tuple[int, int]:
+        """The connections wanted: for waiters, and for min_connections or prewarm.
+
+        For waiters: one for each that no connection being opened will serve
+        (a background connection backing off serves none while capacity
+        allows another). For the others: enough to keep ``min_connections``
+        open, and what :meth:`prewarm` asked (``prewarm``, or the last call's
+        goal until it is reached).
+        """
         counts = self._counts
         connecting = counts[_CONNECTING] + self._priming
         live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
         for_waiters = len(self._waiters) - connecting + len(self._paused)
-        for_others = max(
-            self._config.min_connections - live, self._prewarm - counts[_IDLE] - connecting
-        )
-        wanted = max(for_waiters, for_others, 0)
-        return 0 if self._closing else min(wanted, self._capacity - len(self._conns))
+        prewarm = max(prewarm, self._prewarm)
+        to_prewarm = prewarm - counts[_IDLE] - connecting
+        if prewarm and to_prewarm <= 0:
+            self._prewarm = 0  # reached
+        return for_waiters, max(self._config.min_connections - live, to_prewarm)
+
+    def _needs(self) -> int:
+        """How many connections the pool would start now if capacity allowed (see _grow)."""
+        if self._closing:
+            return 0
+        wanted = max(*self._demand(), 0)
+        return min(wanted, self._capacity - len(self._conns))
 
     def _at_shared_limit(self) -> None:
         """The shared capacity refused a slot: meet it as the pool's own limit.
@@ -1308,6 +1322,16 @@ class WebSocketPool(Generic[R]):
         """``conn`` holds no shared slot and may get none: it is closed when it comes back."""
         conn.generation = _OVER_LIMIT
 
+    def _spare(self) -> int:
+        """How many idle connections the pool may give up for others (never below min_connections).
+
+        Its longest idle ones: a group's other keys, or other processes
+        sharing a limit, take their capacity.
+        """
+        if self._closing:
+            return 0
+        return max(0, min(len(self._idle), self._open_count() - self._config.min_connections))
+
     def _open_count(self) -> int:
         counts = self._counts
         return counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
@@ -1341,15 +1365,9 @@ class WebSocketPool(Generic[R]):
         if self._closing or self._tg is None:
             return
         counts = self._counts
-        connecting = counts[_CONNECTING] + self._priming
-        live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
         waiters = self._waiters
         paused = self._paused
-        for_waiters = len(waiters) - connecting + len(paused)
-        prewarm = max(prewarm, self._prewarm)
-        for_others = max(self._config.min_connections - live, prewarm - counts[_IDLE] - connecting)
-        if prewarm and prewarm - counts[_IDLE] - connecting <= 0:
-            self._prewarm = 0  # reached
+        for_waiters, for_others = self._demand(prewarm)
         uncovered = max(for_waiters, for_others)
         circuit = self._circuit
         shared = self._shared
