@@ -166,8 +166,11 @@ class FleetSlots:
         """Slots held by every process together, as last seen (None: not seen yet)."""
         return self._slots.in_use
 
-    def has_room(self, pool: WebSocketPool[Any], needed: int) -> bool:
-        """Whether ``pool`` may start a connection now; if not, it queues for a slot."""
+    def has_room(self, pool: WebSocketPool[Any]) -> bool:
+        """Whether ``pool`` may start a connection now; if not, it queues for a slot.
+
+        (How many it needs is asked of the pool when slots come: ``_needs``.)
+        """
         if self._free or self.local:
             return True
         if not self.closed:

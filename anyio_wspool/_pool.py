@@ -1381,7 +1381,7 @@ class WebSocketPool(Generic[R]):
             # waiters only: not for min_connections nor prewarm.)
             if shared is not None and not shared.has_room(self, max(for_waiters, 0)):
                 break  # the group is full: queued for its capacity
-            if fleet is not None and not fleet.has_room(self, uncovered):
+            if fleet is not None and not fleet.has_room(self):
                 # Queued for a shared slot. Unless Redis said the shared limit
                 # is reached, it will likely give one: no room is made.
                 make_room = fleet.at_limit
