@@ -20,44 +20,59 @@ all a waiting borrower needs; anything waited on repeatedly keeps using
 ``Future`` type directly and awaited as it is: a wrapper object, or the loop's
 ``create_future`` method, would add Python calls to every hand-off, and a
 Python subclass of ``Future`` leaves the C task's fast path for bare futures.
-It is set through the backend's ``wake``.
+It is made without ``loop=``: the C type then takes the running loop itself,
+which is cheaper than parsing a keyword argument on every wait (the pool runs on
+one loop, so it is the same loop). On trio the wake-up speaks the same two
+method, ``set_result()``, so that the hand-off sets it with one C call on
+asyncio and no backend test (see :func:`wake`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol
 
 import anyio.lowlevel
 
-__all__ = ("Backend", "Signal", "bind")
+__all__ = ("Backend", "Signal", "bind", "wake")
 
 
 class Signal(Protocol):
-    """A one-shot wake-up: awaited once, by one task; set once with ``Backend.wake``."""
+    """A one-shot wake-up: awaited once, by one task; set once, with :func:`wake`."""
+
+    def set_result(self, result: None, /) -> None:
+        """Wake its waiter; ``InvalidStateError`` if the waiter was cancelled (asyncio)."""
+        ...
 
     def __await__(self) -> Generator[Any, Any, Any]: ...
 
 
-def _wake_future(future: asyncio.Future[None]) -> None:
-    if not future.done():  # done already when its waiter was cancelled
-        future.set_result(None)
+def wake(signal: Signal) -> None:
+    """Set ``signal``, unless its waiter was cancelled meanwhile.
+
+    On asyncio a cancelled waiter's future is cancelled with it, and setting it
+    raises; on trio the wake-up of a cancelled waiter wakes nobody. (The
+    hand-off path writes this out where it serves the first waiter, to save
+    the call; the ``try`` costs nothing until it catches.)
+    """
+    try:  # noqa: SIM105 (contextlib.suppress is two calls more)
+        signal.set_result(None)
+    except asyncio.InvalidStateError:
+        pass
 
 
 class Backend:
     """The running backend's clock, cancellation check and wake-up, bound once."""
 
-    __slots__ = ("checkpoint_if_cancelled", "now", "signal", "wake")
+    __slots__ = ("checkpoint_if_cancelled", "now", "signal")
 
     def __init__(
         self,
         now: Callable[[], float],
         checkpoint_if_cancelled: Callable[[], Awaitable[None]],
         signal: Callable[[], Signal],
-        wake: Callable[[Any], None],
     ) -> None:
         #: the current time on the backend's clock
         self.now = now
@@ -65,8 +80,6 @@ class Backend:
         self.checkpoint_if_cancelled = checkpoint_if_cancelled
         #: a new one-shot wake-up
         self.signal = signal
-        #: set a wake-up made by ``signal`` (a no-op if its waiter was cancelled)
-        self.wake = wake
 
 
 def bind() -> Backend:
@@ -79,18 +92,15 @@ def bind() -> Backend:
         # clock a test replaced (virtual time), keeps its own.
         default_clock = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
         now = time.monotonic if default_clock else loop.time
-        signal: Callable[[], Signal] = functools.partial(asyncio.Future, loop=loop)
-        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal, _wake_future)
+        signal: Callable[[], Signal] = asyncio.Future  # (of the running loop: this one)
+        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal)
     import trio  # the only other backend anyio runs on; imported only when running
 
-    trio_signal = _trio_signal()
-    return Backend(
-        trio.current_time, trio.lowlevel.checkpoint_if_cancelled, trio_signal, trio_signal.set
-    )
+    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal())
 
 
 def _trio_signal() -> Any:
-    """The one-shot wake-up on trio: the waiting task itself, rescheduled by ``set``.
+    """The one-shot wake-up on trio: the waiting task itself, rescheduled by ``set_result``.
 
     ``trio.Event`` keeps a set of waiting tasks and builds an attrs object per
     event; a waiting borrower is one task, parked with trio's own primitive.
@@ -110,7 +120,7 @@ def _trio_signal() -> Any:
             self._done = False
             self._task: trio.lowlevel.Task | None = None
 
-        def set(self) -> None:
+        def set_result(self, result: None, /) -> None:
             if not self._done:
                 self._done = True
                 task = self._task

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from asyncio import InvalidStateError
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -97,29 +98,49 @@ def _not_open() -> Signal:
     raise RuntimeError("the pool is not open")
 
 
-class _Lease(Generic[R]):
-    """What ``pool.connection()`` returns: an async context manager for one lease."""
+class _Lease(Waiter[R]):
+    """What ``pool.connection()`` returns: an async context manager for one lease.
 
-    __slots__ = ("_conn", "_fresh", "_lease", "_pool")
+    It is also the borrower's place in the queue: at a busy pool the block
+    queues this very object and waits in its own ``__aenter__``, one object and
+    one coroutine a lease. Around a fast client a lease costs a few
+    microseconds, and each extra object or coroutine frame on its way shows.
+    """
+
+    __slots__ = ("_lease", "_pool")
 
     def __init__(self, pool: WebSocketPool[R], fresh: bool) -> None:
         self._pool = pool
-        self._fresh = fresh
-        self._conn: Conn[R] | None = None
+        self.fresh = fresh
+        self.conn = None
+        self.error = None
+        #: the lease number of the connection lent to the block; -1 while it is
+        #: being entered; 0 when no block is in progress
         self._lease = 0
 
     async def __aenter__(self) -> R:
-        if self._conn is not None:
+        if self._lease:
             raise RuntimeError("this pool.connection() context manager is already in use")
+        self._lease = -1
         pool = self._pool
-        if pool._emit is not None:
-            conn = await pool._acquire_observed(self._fresh)
-        elif pool._waiters and not pool._idle:
-            # A busy pool: straight to the queue, one coroutine less to resume.
-            conn = await pool._wait(self._fresh)
-        else:
-            conn = await pool._acquire(self._fresh)
-        self._conn = conn
+        try:
+            if pool._emit is None and pool._waiters and not pool._idle:
+                # A busy pool: straight to the queue. (What _wait does, written
+                # out here so that the wait is this coroutine, not one more.)
+                pool._enqueue(self)
+                try:
+                    await self.event
+                except BaseException:
+                    pool._abandon(self)
+                    raise
+                conn = pool._served(self)
+            elif pool._emit is not None:
+                self.conn = conn = await pool._acquire_observed(self.fresh)
+            else:
+                self.conn = conn = await pool._acquire(self.fresh)
+        except BaseException:
+            self._lease = 0
+            raise
         self._lease = conn.lease
         return conn.resource
 
@@ -129,11 +150,13 @@ class _Lease(Generic[R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        conn = self._conn
+        conn = self.conn
         assert conn is not None
-        self._conn = None
+        self.conn = None
+        lease = self._lease
+        self._lease = 0
         pool = self._pool
-        if conn.lease != self._lease:
+        if conn.lease != lease:
             # Given back by hand inside the block (and maybe lent again since).
             if exc_type is None and not pool._closing:
                 raise PoolError(
@@ -141,11 +164,16 @@ class _Lease(Generic[R]):
                     "inside the block; release() is for connections taken with acquire()"
                 )
             return
-        if exc_type is None:
-            pool._give_back(conn, None)
-        else:
+        if exc_type is not None:
             # Its state is unknown (a half-sent message, an unread reply).
             pool._give_back(conn, Reason.ERROR_IN_BLOCK)
+        elif pool._plain_release and conn.state is _LENT and not pool._closing:
+            # All that _give_back does for a lease that no on_event observes
+            # and that no on_release or drain must follow.
+            conn.lease += 1
+            pool._put_back(conn)
+        else:
+            pool._give_back(conn, None)
 
 
 class WebSocketPool(Generic[R]):
@@ -249,6 +277,9 @@ class WebSocketPool(Generic[R]):
         self._priming = 0
         #: whether a released connection goes through the host task before idle
         self._prepare_on_release = config.drain_on_release or config.on_release is not None
+        #: whether a connection given back goes straight to _put_back (no
+        #: on_event to tell, nothing for the host task to do first)
+        self._plain_release = config.on_event is None and not self._prepare_on_release
         #: whether a new connection is drained before its first lease
         self._prime = config.drain_on_release and config.on_connect is not None
         #: a connection with less lifetime left than this is not lent
@@ -327,8 +358,6 @@ class WebSocketPool(Generic[R]):
             anyio.lowlevel.checkpoint_if_cancelled
         )
         self._signal: Callable[[], Signal] = _not_open
-        #: sets a waiter's wake-up (the backend's, bound when the pool opens)
-        self._wake: Callable[[Any], None] = self._waiters.wake
 
     # -- public API -------------------------------------------------------------
 
@@ -568,7 +597,6 @@ class WebSocketPool(Generic[R]):
         self._now = backend.now
         self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._signal = backend.signal
-        self._waiters.wake = self._wake = backend.wake
         if self._config.lease_warning is not None:
             self._lease_watch = LeaseWatch(
                 self._config.lease_warning, self._now, self._connector.target
@@ -853,12 +881,40 @@ class WebSocketPool(Generic[R]):
     ) -> Conn[R]:
         """Queue for a connection (at the head when ``first``) until one is handed over.
 
+        (``pool.connection()`` at a busy pool does the same in its own
+        ``__aenter__``, with itself as the waiter.)
+
         Raises:
             PoolClosed: the pool is closing.
             PoolTimeout: ``acquire_timeout`` ran out (``deadline`` when given).
         """
+        waiter: Waiter[R] = Waiter(fresh)
+        self._enqueue(waiter, deadline, first=first)
+        try:
+            # No cancel scope per waiter: the queue's expiry task fails those
+            # whose acquire_timeout ran out. With acquire_timeout=0 the borrower
+            # does not wait for a busy pool, but it does wait for the connection
+            # opened for it.
+            await waiter.event
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        return self._served(waiter)
+
+    def _enqueue(
+        self, waiter: Waiter[R], deadline: float | None = None, *, first: bool = False
+    ) -> None:
+        """Queue ``waiter`` (at the head when ``first``), or refuse it at once.
+
+        Raises:
+            PoolClosed: the pool is closing.
+            PoolTimeout: ``acquire_timeout=0`` and no connection would serve it.
+            PoolOverloaded: ``max_waiting`` borrowers are already waiting.
+            PoolUnavailable: it wants a new connection and the circuit is open.
+        """
         if self._closing:
             self._check_open()
+        fresh = waiter.fresh
         config = self._config
         timeout = config.acquire_timeout
         waiters = self._waiters
@@ -894,43 +950,42 @@ class WebSocketPool(Generic[R]):
                 # (nor an idle one closed for it, for nothing).
                 raise self._unavailable_error()
             self._fresh_seen = True
-        waiter: Waiter[R] = Waiter(fresh, self._signal(), deadline)
+        waiter.deadline = deadline
+        waiter.event = self._signal()
         if waiters and not first:
             waiters[waiter] = None  # (WaiterQueue.add's common case, without the call)
         else:
             waiters.add(waiter, first=first)
         if len(self._conns) < self._capacity or self._paused or self._idle:
             self._grow()  # (at a full pool with nothing to adopt or close: a no-op, skipped)
-        try:
-            # No cancel scope per waiter: the queue's expiry task fails those
-            # whose acquire_timeout ran out. With acquire_timeout=0 the borrower
-            # does not wait for a busy pool, but it does wait for the connection
-            # opened for it.
-            await waiter.event
-        except BaseException:
-            # Cancelled: leave no trace, and pass on a connection handed over
-            # in the meantime.
-            if waiters.discard(waiter):
-                self._left_unserved()
-            elif waiter.conn is not None:
-                self._give_back(waiter.conn, None)
-            raise
+
+    def _abandon(self, waiter: Waiter[R]) -> None:
+        """``waiter`` was cancelled: leave no trace, pass on a connection handed over meanwhile."""
+        if self._waiters.discard(waiter):
+            self._left_unserved()
+        elif waiter.conn is not None:
+            conn = waiter.conn
+            waiter.conn = None
+            self._give_back(conn, None)
+
+    def _served(self, waiter: Waiter[R]) -> Conn[R]:
+        """The connection handed to a woken ``waiter`` (its lease counted), or its error raised."""
         conn = waiter.conn
-        if conn is not None:
-            # (_count_lease, inline.)
-            counters = self._counters
-            counters.acquired += 1
-            conn.uses += 1
-            if conn.lent_before:
-                counters.reused += 1
-            conn.lent_before = True
-            if self._lease_watch is not None:
-                self._lease_watch.add(conn)
-            return conn
-        error = waiter.error
-        assert error is not None
-        waiter.error = None
-        raise error
+        if conn is None:
+            error = waiter.error
+            assert error is not None
+            waiter.error = None
+            raise error
+        # (_count_lease, inline: this is the hand-off path.)
+        counters = self._counters
+        counters.acquired += 1
+        conn.uses += 1
+        if conn.lent_before:
+            counters.reused += 1
+        conn.lent_before = True
+        if self._lease_watch is not None:
+            self._lease_watch.add(conn)
+        return conn
 
     def _expired(self, waiter: Waiter[R]) -> BaseException:
         """The error of a waiter whose ``acquire_timeout`` ran out."""
@@ -1055,7 +1110,10 @@ class WebSocketPool(Generic[R]):
                 # Serve the first waiter (inline: the hot path of a busy pool).
                 waiter = waiters.popitem(last=False)[0]
                 waiter.conn = conn
-                self._wake(waiter.event)
+                try:  # noqa: SIM105 (wake(), inline)
+                    waiter.event.set_result(None)
+                except InvalidStateError:  # cancelled meanwhile (asyncio)
+                    pass
                 return
         self._set_state(conn, _IDLE)
         if self._config.idle_timeout is not None or self._shared is not None:

@@ -1,9 +1,10 @@
 """Borrowers waiting for a connection: one FIFO queue and one timer for all of them.
 
 A borrower that finds nothing to lend queues a :class:`Waiter` and sleeps on
-its event. The pool serves the queue from its synchronous bookkeeping: it
-fills in ``conn`` (or ``error``), takes the waiter out of the queue and sets
-the event, so that a hand-off never waits for the borrower to run.
+its event (a ``pool.connection()`` block is its own waiter). The pool serves
+the queue from its synchronous bookkeeping: it fills in ``conn`` (or
+``error``), takes the waiter out of the queue and sets the event, so that a
+hand-off never waits for the borrower to run.
 
 Nobody waits with a cancel scope of its own: every borrower waits the same
 ``acquire_timeout`` from the moment it queues, so the queue is also in
@@ -17,9 +18,11 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import anyio
+
+from ._backend import wake
 
 if TYPE_CHECKING:
     from ._backend import Signal
@@ -30,22 +33,22 @@ __all__ = ("Waiter", "WaiterQueue")
 R = TypeVar("R")
 
 
-def _unbound(event: Any) -> None:
-    raise RuntimeError("the pool is not open")
-
-
 class Waiter(Generic[R]):
-    """A borrower waiting for a connection: the pool fills in ``conn`` or ``error``."""
+    """A borrower waiting for a connection: the pool fills in ``conn`` or ``error``.
+
+    ``event`` and ``deadline`` are set when it joins the queue.
+    """
 
     __slots__ = ("conn", "deadline", "error", "event", "fresh")
 
-    def __init__(self, fresh: bool, event: Signal, deadline: float) -> None:
+    event: Signal
+    deadline: float
+
+    def __init__(self, fresh: bool) -> None:
         #: whether the borrower asked for a newly opened connection
         self.fresh = fresh
         self.conn: Conn[R] | None = None
         self.error: BaseException | None = None
-        self.event = event
-        self.deadline = deadline
 
 
 class WaiterQueue(OrderedDict["Waiter[R]", None]):
@@ -55,12 +58,10 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
     waiters`` and ``len(waiters)`` are the dict's own C methods.
     """
 
-    __slots__ = ("_wakeup", "wake")
+    __slots__ = ("_wakeup",)
 
     def __init__(self) -> None:
         super().__init__()
-        #: sets a waiter's wake-up (the running backend's, bound when the pool opens)
-        self.wake: Callable[[Any], None] = _unbound
         #: set when a waiter joins an empty queue, to wake the expiry task
         self._wakeup: anyio.Event | None = None
 
@@ -99,13 +100,13 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
         """Hand ``conn`` (already lent) to ``waiter`` and wake it."""
         del self[waiter]
         waiter.conn = conn
-        self.wake(waiter.event)
+        wake(waiter.event)
 
     def fail(self, waiter: Waiter[R], error: BaseException) -> None:
         """Wake ``waiter`` with ``error`` to raise."""
         del self[waiter]
         waiter.error = error
-        self.wake(waiter.event)
+        wake(waiter.event)
 
     def fail_all(self, error: Callable[[], BaseException]) -> None:
         """Wake every waiter, each with an error of its own (``error()``)."""
@@ -113,7 +114,7 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
         self.clear()
         for waiter in waiters:
             waiter.error = error()
-            self.wake(waiter.event)
+            wake(waiter.event)
 
     def fail_beyond(self, keep: int, error: Callable[[], BaseException]) -> None:
         """Wake every waiter but the first ``keep``, each with an error of its own."""
@@ -121,7 +122,7 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
         for waiter in waiters:
             del self[waiter]
             waiter.error = error()
-            self.wake(waiter.event)
+            wake(waiter.event)
 
     async def expire(
         self, on_expired: Callable[[Waiter[R]], BaseException], event_class: type[anyio.Event]
@@ -140,7 +141,7 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
                 if head.deadline <= anyio.current_time():
                     del queue[head]  # out of the queue before on_expired sees it
                     head.error = on_expired(head)
-                    self.wake(head.event)
+                    wake(head.event)
                     continue
                 deadline = head.deadline
             # Until the head's deadline, or until add() brings a new head.

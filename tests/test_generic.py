@@ -5,12 +5,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
+from anyio.abc import TaskGroup
 
 from anyio_wspool import PoolTimeout, open_pool
+
+from ._util import until
 
 pytestmark = pytest.mark.anyio
 
@@ -341,3 +345,90 @@ async def test_two_borrowers_of_new_connections_at_a_full_pool_are_both_served()
             assert second.closed
             assert {first, second}.isdisjoint(got)
             assert pool.stats.in_use == 2
+
+
+# -- one pool.connection() object ---------------------------------------------------------
+
+
+async def _queue_behind(pool: Any, holder: Resource, tg: TaskGroup) -> None:
+    """Queue one borrower at ``pool`` (full: ``holder`` is lent), so that the next one waits too."""
+
+    async def first_waiter() -> None:
+        async with pool.connection() as resource:
+            assert resource is holder
+
+    tg.start_soon(first_waiter)
+    await until(lambda: pool.stats.waiting == 1)
+
+
+async def test_a_connection_block_object_refuses_a_second_entry_while_in_use() -> None:
+    async with open_pool(connect=Connector(), max_connections=1) as pool:
+        holder = await pool.acquire()
+        lease = pool.connection()
+        outcome: list[object] = []
+
+        async def borrow() -> None:
+            async with lease as resource:
+                outcome.append(resource)
+
+        async with anyio.create_task_group() as tg:
+            await _queue_behind(pool, holder, tg)
+            tg.start_soon(borrow)  # queues behind the first waiter: a busy pool
+            await until(lambda: pool.stats.waiting == 2)
+            with pytest.raises(RuntimeError, match="already in use"):
+                await lease.__aenter__()  # while it waits
+            assert pool.stats.waiting == 2
+            await pool.release(holder)
+        assert outcome == [holder]  # served once, after the first waiter
+        async with lease as resource:  # usable again once its block ended
+            assert resource is holder
+            with pytest.raises(RuntimeError, match="already in use"):
+                await lease.__aenter__()  # while it holds a connection
+        assert pool.stats.in_use == 0
+
+
+async def test_a_connection_block_object_is_usable_again_after_a_timeout() -> None:
+    async with open_pool(connect=Connector(), max_connections=1, acquire_timeout=0.5) as pool:
+        holder = await pool.acquire()
+        lease = pool.connection()
+
+        async def first_waiter() -> None:
+            with pytest.raises(PoolTimeout):
+                await pool.acquire()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first_waiter)  # it times out too
+            await until(lambda: pool.stats.waiting == 1)
+            with pytest.raises(PoolTimeout):
+                async with lease:  # a busy pool: it queues itself
+                    pytest.fail("lent a connection at a full pool")
+        assert pool.stats.waiting == 0
+        await pool.release(holder)
+        async with lease as resource:
+            assert resource is holder
+        assert pool.stats.in_use == 0
+        assert pool.stats.acquire_timeouts == 2
+
+
+async def test_a_connection_block_object_is_usable_again_after_a_cancelled_wait() -> None:
+    async with open_pool(connect=Connector(), max_connections=1) as pool:
+        holder = await pool.acquire()
+        lease = pool.connection()
+        async with anyio.create_task_group() as tg:
+            await _queue_behind(pool, holder, tg)
+            scope = anyio.CancelScope()
+            tg.start_soon(_enter_in, lease, scope)  # a busy pool: it queues itself
+            await until(lambda: pool.stats.waiting == 2)
+            scope.cancel()
+            await until(lambda: pool.stats.waiting == 1)
+            await pool.release(holder)  # to the first waiter
+        assert pool.stats.waiting == 0
+        async with lease as resource:
+            assert resource is holder
+        assert pool.stats.in_use == 0
+
+
+async def _enter_in(lease: AbstractAsyncContextManager[Resource], scope: anyio.CancelScope) -> None:
+    with scope:
+        async with lease:
+            pytest.fail("lent a connection to a cancelled borrower")
