@@ -126,7 +126,6 @@ class Conn(Generic[R]):
         "last_data",
         "lease",
         "lent_at",
-        "lent_before",
         "lifetime",
         "listed",
         "opened",
@@ -162,8 +161,8 @@ class Conn(Generic[R]):
         self.last_data = 0.0
         self.opened = False
         self.opened_at = 0.0
-        self.lent_before = False
-        #: leases granted on it so far
+        #: leases granted on it so far (counted when its borrower gets it): 0
+        #: until its first lease
         self.uses = 0
         #: lent by acquire(), and so listed for release()
         self.listed = False

@@ -279,7 +279,7 @@ class ConnectionHost(Generic[R]):
         # Retiring the connection (the pool closes) cancels the hook and the drain.
         with anyio.CancelScope() as conn.scope, anyio.move_on_after(config.drain_timeout) as scope:
             try:
-                if config.on_release is not None and conn.lent_before:
+                if config.on_release is not None and conn.uses:
                     await await_user(config.on_release(conn.resource), "on_release")
                 if config.drain_on_release and conn.state is State.DRAINING:
                     await self._drain(conn)

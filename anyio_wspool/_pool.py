@@ -124,16 +124,31 @@ class _Lease(Waiter[R]):
         self._lease = -1
         pool = self._pool
         try:
-            if pool._emit is None and pool._waiters and not pool._idle:
-                # A busy pool: straight to the queue. (What _wait does, written
-                # out here so that the wait is this coroutine, not one more.)
-                pool._enqueue(self)
+            if pool._quick_wait and pool._waiters and not pool._idle and not self.fresh:
+                # A busy pool: straight to the queue. This is what _wait and
+                # _enqueue do for a borrower that no admission rule, circuit
+                # breaker or on_event concerns, written out so that the wait
+                # is this one coroutine: around a fast client a lease is a
+                # few microseconds, and each call on its way shows.
+                if pool._closing:
+                    pool._check_open()
+                timeout = pool._config.acquire_timeout
+                self.deadline = pool._now() + timeout if timeout else _INF
+                self.event = event = pool._signal()
+                pool._waiters[self] = None
+                if len(pool._conns) < pool._capacity or pool._paused:
+                    pool._grow()  # (nothing is idle: see _enqueue)
                 try:
-                    await self.event
+                    await event
                 except BaseException:
                     pool._abandon(self)
                     raise
-                conn = pool._served(self)
+                conn = self.conn
+                if conn is None:
+                    raise pool._failed(self)
+                conn.uses += 1  # (_count_lease, inline)
+                if pool._lease_watch is not None:
+                    pool._lease_watch.add(conn)
             elif pool._emit is not None:
                 self.conn = conn = await pool._acquire_observed(self.fresh)
             else:
@@ -331,6 +346,9 @@ class WebSocketPool(Generic[R]):
         self._plain_lend = not self._refresh and self._unpark is None
         #: whether a new waiter is checked against acquire_timeout=0 and max_waiting
         self._admission = config.acquire_timeout == 0 or config.max_waiting is not None
+        #: whether a plain borrower at a busy pool may queue without those
+        #: checks and without on_event's timing (see _Lease.__aenter__)
+        self._quick_wait = not self._admission and config.on_event is None
         #: whether a borrower ever waited for a new connection (acquire_new):
         #: until then, a hand-off need not look at the first waiter's wish
         self._fresh_seen = False
@@ -563,7 +581,12 @@ class WebSocketPool(Generic[R]):
     def stats(self) -> PoolStats:
         """A snapshot of the pool's gauges and counters."""
         counts = self._counts
-        counters = self._counters
+        counters = {name: getattr(self._counters, name) for name in COUNTER_NAMES}
+        # Each live connection counts its own leases; the counters hold those
+        # of the connections that are gone.
+        for conn in self._conns:
+            counters["acquired"] += conn.uses
+            counters["reused"] += max(conn.uses - 1, 0)
         fleet = self._fleet
         return PoolStats(
             max_connections=self.max_connections,
@@ -574,7 +597,7 @@ class WebSocketPool(Generic[R]):
             closing=counts[_CLOSING],
             waiting=len(self._waiters),
             circuit="closed" if self._circuit is None else self._circuit.state.value,
-            **{name: getattr(counters, name) for name in COUNTER_NAMES},
+            **counters,
             shared_limit=None if fleet is None else fleet.limit,
             shared_in_use=None if fleet is None else fleet.in_use,
         )
@@ -972,20 +995,17 @@ class WebSocketPool(Generic[R]):
         """The connection handed to a woken ``waiter`` (its lease counted), or its error raised."""
         conn = waiter.conn
         if conn is None:
-            error = waiter.error
-            assert error is not None
-            waiter.error = None
-            raise error
-        # (_count_lease, inline: this is the hand-off path.)
-        counters = self._counters
-        counters.acquired += 1
-        conn.uses += 1
-        if conn.lent_before:
-            counters.reused += 1
-        conn.lent_before = True
-        if self._lease_watch is not None:
-            self._lease_watch.add(conn)
+            raise self._failed(waiter)
+        self._count_lease(conn)
         return conn
+
+    @staticmethod
+    def _failed(waiter: Waiter[R]) -> BaseException:
+        """The error a woken ``waiter`` without a connection raises (taken from it)."""
+        error = waiter.error
+        assert error is not None
+        waiter.error = None
+        return error
 
     def _expired(self, waiter: Waiter[R]) -> BaseException:
         """The error of a waiter whose ``acquire_timeout`` ran out."""
@@ -1011,12 +1031,7 @@ class WebSocketPool(Generic[R]):
             self._unpark(conn.resource)
 
     def _count_lease(self, conn: Conn[R]) -> None:
-        counters = self._counters
-        counters.acquired += 1
-        conn.uses += 1
-        if conn.lent_before:
-            counters.reused += 1
-        conn.lent_before = True
+        conn.uses += 1  # (the pool's totals are summed by stats)
         if self._lease_watch is not None:
             self._lease_watch.add(conn)
 
@@ -1078,7 +1093,7 @@ class WebSocketPool(Generic[R]):
             reason = Reason.RESIZED  # each connection holds one token
         if reason is not None:
             self._retire(conn, reason)
-            if not conn.lent_before and is_fatal_close(conn.close_code) and self._waiters:
+            if not conn.uses and is_fatal_close(conn.close_code) and self._waiters:
                 # A new connection refused by the server's own code (unauthorised,
                 # quota exceeded) before its first lease: the borrower first in
                 # line gets that error, as for a failed attempt.
@@ -1088,7 +1103,7 @@ class WebSocketPool(Generic[R]):
             return
         waiters = self._waiters
         if waiters:
-            if conn.lent_before and self._fresh_seen and waiters.first().fresh:
+            if conn.uses and self._fresh_seen and waiters.first().fresh:
                 # The first in line asked for a new connection: this one goes
                 # to the first borrower who takes any connection, unless a
                 # borrower before it asked for a new one that no connection
@@ -1227,7 +1242,7 @@ class WebSocketPool(Generic[R]):
         )
 
     def _prepared(self, conn: Conn[R]) -> None:
-        if not conn.lent_before:
+        if not conn.uses:
             self._priming -= 1
         self._put_back(conn)
 
@@ -1284,6 +1299,8 @@ class WebSocketPool(Generic[R]):
             self._circuit.probe_failed_quietly()  # abandoned: the next borrower probes
         self._set_state(conn, _CLOSED)
         self._conns.discard(conn)
+        self._counters.acquired += conn.uses
+        self._counters.reused += max(conn.uses - 1, 0)
         if self._fleet is not None:
             self._fleet.give_back(conn)
         if self._shared is not None:
@@ -1508,7 +1525,7 @@ class WebSocketPool(Generic[R]):
             # Released, maybe with messages its borrower never read: they are
             # drained like any other, not dropped unseen with the connection.
             self._connector.park(conn.resource, self._drained)
-            if not conn.lent_before:
+            if not conn.uses:
                 self._priming -= 1
         if conn.scope is not None:
             # Stop what is being done for it: connecting, backing off, a hook,

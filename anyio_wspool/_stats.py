@@ -70,7 +70,12 @@ PoolStats.__module__ = "anyio_wspool"
 
 @dataclass(slots=True)
 class Counters:
-    """The pool's running counters: the counter fields of :class:`PoolStats`, mutable."""
+    """The pool's running counters: the counter fields of :class:`PoolStats`, mutable.
+
+    ``acquired`` and ``reused`` are those of the connections that are gone: a
+    live connection counts its own leases (``Conn.uses``, one addition a lease),
+    and :attr:`WebSocketPool.stats` adds them up.
+    """
 
     opened: int = 0
     closed: int = 0

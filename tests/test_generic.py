@@ -432,3 +432,21 @@ async def _enter_in(lease: AbstractAsyncContextManager[Resource], scope: anyio.C
     with scope:
         async with lease:
             pytest.fail("lent a connection to a cancelled borrower")
+
+
+async def test_lease_counters_keep_the_leases_of_closed_connections() -> None:
+    connector = Connector()
+    async with open_pool(connect=connector, max_connections=1) as pool:
+        for _ in range(3):
+            async with pool.connection():
+                pass
+        first = await pool.acquire()
+        await pool.release(first, discard=True)  # its 4th lease; then it closes
+        await until(lambda: connector.closed == [first])
+        for _ in range(2):
+            async with pool.connection() as second:
+                assert second is not first
+        stats = pool.stats
+        assert (stats.acquired, stats.reused) == (6, 4)  # 4 + 2 leases; 3 + 1 reused
+    stats = pool.stats
+    assert (stats.acquired, stats.reused) == (6, 4)
