@@ -185,6 +185,24 @@ class _Lease(Waiter[R]):
         elif pool._plain_release and conn.state is _LENT and not pool._closing:
             # All that _give_back does for a lease that no on_event observes
             # and that no on_release or drain must follow.
+            waiters = pool._waiters
+            if (
+                waiters
+                and pool._quick_hand_off
+                and conn.generation == pool._generation
+                and len(pool._conns) <= pool._capacity
+            ):
+                # And all that _put_back does when the connection cannot be
+                # unfit (see _quick_hand_off) and the first in line takes any
+                # connection: the next lease begins at once.
+                conn.lease += 2
+                waiter = waiters.popitem(last=False)[0]
+                waiter.conn = conn
+                try:  # noqa: SIM105 (wake(), inline)
+                    waiter.event.set_result(None)
+                except InvalidStateError:  # cancelled meanwhile (asyncio)
+                    pass
+                return
             conn.lease += 1
             pool._put_back(conn)
         else:
@@ -344,6 +362,15 @@ class WebSocketPool(Generic[R]):
         )
         #: lending a connection that is lent already (a hand-off) only counts the lease
         self._plain_lend = not self._refresh and self._unpark is None
+        #: whether a connection given back may go to the first waiter with no
+        #: more checks than its generation and the pool's size: nothing else
+        #: makes it unfit (no max_lifetime, a connector with no usable()), and
+        #: lending it again is only a new lease number (see _lend); until a
+        #: borrower asks for a new connection (then who takes it depends on
+        #: the queue, see _put_back)
+        self._quick_hand_off = (
+            self._plain_lend and self._usable is None and config.max_lifetime is None
+        )
         #: whether a new waiter is checked against acquire_timeout=0 and max_waiting
         self._admission = config.acquire_timeout == 0 or config.max_waiting is not None
         #: whether a plain borrower at a busy pool may queue without those
@@ -973,6 +1000,7 @@ class WebSocketPool(Generic[R]):
                 # (nor an idle one closed for it, for nothing).
                 raise self._unavailable_error()
             self._fresh_seen = True
+            self._quick_hand_off = False
         waiter.deadline = deadline
         waiter.event = self._signal()
         if waiters and not first:

@@ -450,3 +450,88 @@ async def test_lease_counters_keep_the_leases_of_closed_connections() -> None:
         assert (stats.acquired, stats.reused) == (6, 4)  # 4 + 2 leases; 3 + 1 reused
     stats = pool.stats
     assert (stats.acquired, stats.reused) == (6, 4)
+
+
+# -- a connection given back at a busy pool -----------------------------------------------
+#
+# At a busy pool a connection given back goes straight to the first waiter,
+# with as few checks as the pool's options allow; these are the cases where it
+# must not.
+
+
+async def _waiter(pool: Any, got: list[Resource]) -> None:
+    async with pool.connection() as resource:
+        got.append(resource)
+
+
+async def test_a_connection_given_back_after_invalidate_is_not_handed_to_a_waiter() -> None:
+    connector = Connector()
+    got: list[Resource] = []
+    async with open_pool(connect=connector, max_connections=1) as pool:
+        async with anyio.create_task_group() as tg:
+            async with pool.connection() as first:
+                tg.start_soon(_waiter, pool, got)
+                await until(lambda: pool.stats.waiting == 1)
+                pool.invalidate()
+        assert got != [first]
+        assert len(got) == 1
+    assert connector.opened == [first, got[0]]
+    assert first.closed
+
+
+async def test_a_connection_given_back_to_a_shrunk_pool_is_not_handed_to_a_waiter() -> None:
+    connector = Connector()
+    got: list[Resource] = []
+    async with open_pool(connect=connector, max_connections=2) as pool:
+        held = await pool.acquire()
+        async with anyio.create_task_group() as tg:
+            async with pool.connection() as first:
+                tg.start_soon(_waiter, pool, got)
+                await until(lambda: pool.stats.waiting == 1)
+                pool.max_connections = 1  # two are open: one too many
+            await until(lambda: first.closed)
+            assert got == []
+            assert pool.stats.waiting == 1
+            await pool.release(held)
+        assert got == [held]
+    assert connector.opened == [held, first]
+
+
+async def test_an_expired_connection_given_back_is_not_handed_to_a_waiter() -> None:
+    connector = Connector()
+    got: list[Resource] = []
+    async with open_pool(
+        connect=connector, max_connections=1, max_lifetime=0.1, cleanup_interval=60
+    ) as pool:
+        async with anyio.create_task_group() as tg:
+            async with pool.connection() as first:
+                tg.start_soon(_waiter, pool, got)
+                await until(lambda: pool.stats.waiting == 1)
+                await anyio.sleep(0.15)  # past its lifetime (no sweep runs in time)
+        assert got != [first]
+        assert len(got) == 1
+    assert connector.opened == [first, got[0]]
+
+
+async def test_a_connection_given_back_goes_to_a_plain_waiter_behind_a_fresh_one() -> None:
+    connector = GatedConnector(free=1)
+    plain: list[Resource] = []
+    fresh: list[Resource] = []
+    async with open_pool(connect=connector, max_connections=2) as pool:
+        async with anyio.create_task_group() as tg:
+            async with pool.connection() as first:
+                tg.start_soon(_new_waiter, pool, fresh)  # its handshake waits for the gate
+                await until(lambda: pool.stats.connecting == 1)
+                tg.start_soon(_waiter, pool, plain)
+                await until(lambda: pool.stats.waiting == 2)
+            await until(lambda: plain == [first])  # not the first in line: it wants a new one
+            assert fresh == []
+            connector.gate.set()
+        assert len(fresh) == 1
+        assert fresh[0] is not first
+    assert connector.opened == [first, fresh[0]]
+
+
+async def _new_waiter(pool: Any, got: list[Resource]) -> None:
+    async with pool.new_connection() as resource:
+        got.append(resource)
