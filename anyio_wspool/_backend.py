@@ -128,19 +128,16 @@ def _trio_signal() -> Any:
                     self._task = None
                     reschedule(task)
 
-        def __await__(self) -> Generator[Any, Any, None]:
-            return self._wait().__await__()
-
-        async def _wait(self) -> None:
+        def __await__(self) -> Generator[Any, Any, Any]:
+            # The awaiter of trio's own coroutine, returned as it is: no
+            # coroutine of our own around it.
             if self._done:
-                await checkpoint()
-                return
+                return checkpoint().__await__()
             self._task = current_task()
+            return wait_task_rescheduled(self._abort).__await__()
 
-            def abort(_: object) -> trio.lowlevel.Abort:
-                self._task = None  # cancelled: set() wakes nobody
-                return succeeded
-
-            await wait_task_rescheduled(abort)
+        def _abort(self, _: object) -> trio.lowlevel.Abort:
+            self._task = None  # cancelled: set_result() wakes nobody
+            return succeeded
 
     return TrioSignal

@@ -133,8 +133,11 @@ class _Lease(Waiter[R]):
                 if pool._closing:
                     pool._check_open()
                 timeout = pool._config.acquire_timeout
-                self.deadline = pool._now() + timeout if timeout else _INF
-                self.event = event = pool._signal()
+                # (Bound callables kept as attributes: read as such, since a call
+                # written as a method call is not specialised for them.)
+                now, signal = pool._now, pool._signal
+                self.deadline = now() + timeout if timeout else _INF
+                self.event = event = signal()
                 pool._waiters[self] = None
                 if len(pool._conns) < pool._capacity or pool._paused:
                     pool._grow()  # (nothing is idle: see _enqueue)
@@ -149,6 +152,19 @@ class _Lease(Waiter[R]):
                 conn.uses += 1  # (_count_lease, inline)
                 if pool._lease_watch is not None:
                     pool._lease_watch.add(conn)
+            elif pool._quick_idle and pool._idle and not self.fresh and not pool._closing:
+                # An idle connection: _acquire's common case, written out too.
+                # Like anyio's own primitives, a cancelled borrower takes
+                # nothing even when it would not have to wait.
+                await pool._checkpoint_if_cancelled()
+                conn = pool._take_idle()
+                if conn is None:  # (every idle one was unfit)
+                    conn = await pool._wait(False)
+                else:
+                    conn.uses += 1  # (_count_lease, inline)
+                    if pool._lease_watch is not None:
+                        pool._lease_watch.add(conn)
+                self.conn = conn
             elif pool._emit is not None:
                 self.conn = conn = await pool._acquire_observed(self.fresh)
             else:
@@ -360,6 +376,9 @@ class WebSocketPool(Generic[R]):
         self._unpark: Callable[[R], None] | None = (
             None if type(connector).unpark is Connector.unpark else connector.unpark
         )
+        self._park: Callable[[R, Callable[[Any], None]], None] | None = (
+            None if type(connector).park is Connector.park else connector.park
+        )
         #: lending a connection that is lent already (a hand-off) only counts the lease
         self._plain_lend = not self._refresh and self._unpark is None
         #: whether a connection given back may go to the first waiter with no
@@ -376,6 +395,9 @@ class WebSocketPool(Generic[R]):
         #: whether a plain borrower at a busy pool may queue without those
         #: checks and without on_event's timing (see _Lease.__aenter__)
         self._quick_wait = not self._admission and config.on_event is None
+        #: whether a plain borrower may take an idle connection without that
+        #: timing and without a ping first (see _Lease.__aenter__)
+        self._quick_idle = config.on_event is None and not config.check_on_acquire
         #: whether a borrower ever waited for a new connection (acquire_new):
         #: until then, a hand-off need not look at the first waiter's wish
         self._fresh_seen = False
@@ -873,7 +895,15 @@ class WebSocketPool(Generic[R]):
         idle = self._idle
         while idle:
             conn, _ = idle.popitem()  # the most recently used: hot, likely alive
-            reason = self._unfit(conn)
+            # (The common case of _unfit, without the call, as in _put_back.)
+            if (
+                self._usable is not None
+                or conn.expires_at != _INF
+                or conn.generation != self._generation
+            ):
+                reason = self._unfit(conn)
+            else:
+                reason = None
             if reason is None:
                 self._lend(conn)
                 return conn
@@ -1162,7 +1192,8 @@ class WebSocketPool(Generic[R]):
         if self._config.idle_timeout is not None or self._shared is not None:
             conn.idle_since = self._now()
         self._idle[conn] = None
-        self._connector.park(conn.resource, self._drained)
+        if self._park is not None:
+            self._park(conn.resource, self._drained)
         if self._shared is not None:
             self._shared.idle_available()
 
