@@ -133,8 +133,8 @@ def run_worker(
     found: dict[str, Run] = {}
     for line in stdout.splitlines():
         if line.startswith(RESULT_MARKER):
-            record = json.loads(line.removeprefix(RESULT_MARKER))
-            found[record["scenario"]] = record
+            result: Run = json.loads(line.removeprefix(RESULT_MARKER))
+            found[result["scenario"]] = result
     seconds = time.monotonic() - start
     return [found.get(name) or record(name, backend, rep, seconds, error, None) for name in names]
 
