@@ -66,13 +66,14 @@ def wake(signal: Signal) -> None:
 class Backend:
     """The running backend's clock, cancellation check and wake-up, bound once."""
 
-    __slots__ = ("checkpoint_if_cancelled", "now", "signal")
+    __slots__ = ("check_before_wait", "checkpoint_if_cancelled", "now", "signal")
 
     def __init__(
         self,
         now: Callable[[], float],
         checkpoint_if_cancelled: Callable[[], Awaitable[None]],
         signal: Callable[[], Signal],
+        check_before_wait: bool,
     ) -> None:
         #: the current time on the backend's clock
         self.now = now
@@ -80,6 +81,15 @@ class Backend:
         self.checkpoint_if_cancelled = checkpoint_if_cancelled
         #: a new one-shot wake-up
         self.signal = signal
+        #: whether a borrower must call checkpoint_if_cancelled before it waits.
+        #: Like anyio's own primitives, a borrower whose scope is cancelled takes
+        #: nothing, not even a connection handed over at once. On asyncio anyio
+        #: delivers a scope's cancellation to a waiting task by a loop callback,
+        #: which spares a task whose awaited future is already set: a borrower
+        #: cancelled before it queued could be handed a connection, only to fail
+        #: at its block's first await. Trio delivers a pending cancellation as
+        #: the task parks, so the check would be paid twice.
+        self.check_before_wait = check_before_wait
 
 
 def bind() -> Backend:
@@ -93,10 +103,10 @@ def bind() -> Backend:
         default_clock = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
         now = time.monotonic if default_clock else loop.time
         signal: Callable[[], Signal] = asyncio.Future  # (of the running loop: this one)
-        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal)
+        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal, True)
     import trio  # the only other backend anyio runs on; imported only when running
 
-    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal())
+    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal(), False)
 
 
 def _trio_signal() -> Any:

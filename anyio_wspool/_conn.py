@@ -130,6 +130,7 @@ class Conn(Generic[R]):
         "listed",
         "opened",
         "opened_at",
+        "priming",
         "probe",
         "reason",
         "resource",
@@ -161,9 +162,12 @@ class Conn(Generic[R]):
         self.last_data = 0.0
         self.opened = False
         self.opened_at = 0.0
-        #: leases granted on it so far (counted when its borrower gets it): 0
-        #: until its first lease
+        #: leases granted on it so far (counted when it is handed to its
+        #: borrower): 0 until its first lease
         self.uses = 0
+        #: new, and being drained or prepared before its first lease: it counts
+        #: as being opened (the pool's _priming) until then
+        self.priming = False
         #: lent by acquire(), and so listed for release()
         self.listed = False
         #: incremented at each lend, so that a lease can tell it is still current

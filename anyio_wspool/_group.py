@@ -481,7 +481,7 @@ class WebSocketPoolGroup(Generic[R]):
 class _GroupLease(Generic[R]):
     """What ``group.connection()`` returns: the pool's own lease, once the pool is open."""
 
-    __slots__ = ("_fresh", "_group", "_key", "_lease", "_uri")
+    __slots__ = ("_entering", "_fresh", "_group", "_key", "_lease", "_uri")
 
     def __init__(
         self, group: WebSocketPoolGroup[R], uri: str | httpx.URL, key: Hashable | None, fresh: bool
@@ -491,13 +491,22 @@ class _GroupLease(Generic[R]):
         self._key = key
         self._fresh = fresh
         self._lease: AbstractAsyncContextManager[R] | None = None
+        #: a block is being entered (its pool opened, its connection waited for)
+        self._entering = False
 
     async def __aenter__(self) -> R:
-        if self._lease is not None:
+        # In use from the moment a block enters, not only once it holds a
+        # connection: a second block entered while the first waits would be
+        # lent a connection too, and this object can give back only one.
+        if self._lease is not None or self._entering:
             raise RuntimeError("this group.connection() context manager is already in use")
-        pool = await self._group.pool(self._uri, key=self._key)
-        lease = pool.new_connection() if self._fresh else pool.connection()
-        resource = await lease.__aenter__()
+        self._entering = True
+        try:
+            pool = await self._group.pool(self._uri, key=self._key)
+            lease = pool.new_connection() if self._fresh else pool.connection()
+            resource = await lease.__aenter__()
+        finally:
+            self._entering = False
         self._lease = lease
         return resource
 

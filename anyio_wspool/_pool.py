@@ -107,21 +107,20 @@ class _Lease(Waiter[R]):
     microseconds, and each extra object or coroutine frame on its way shows.
     """
 
-    __slots__ = ("_lease", "_pool")
+    __slots__ = ("_busy", "_pool")
 
     def __init__(self, pool: WebSocketPool[R], fresh: bool) -> None:
         self._pool = pool
         self.fresh = fresh
         self.conn = None
         self.error = None
-        #: the lease number of the connection lent to the block; -1 while it is
-        #: being entered; 0 when no block is in progress
-        self._lease = 0
+        #: a block is in progress: being entered (maybe waiting), or holding a connection
+        self._busy = False
 
     async def __aenter__(self) -> R:
-        if self._lease:
+        if self._busy:
             raise RuntimeError("this pool.connection() context manager is already in use")
-        self._lease = -1
+        self._busy = True
         pool = self._pool
         try:
             if pool._quick_wait and pool._waiters and not pool._idle and not self.fresh:
@@ -132,6 +131,8 @@ class _Lease(Waiter[R]):
                 # few microseconds, and each call on its way shows.
                 if pool._closing:
                     pool._check_open()
+                if pool._check_before_wait:
+                    await pool._checkpoint_if_cancelled()  # (as _wait does)
                 timeout = pool._config.acquire_timeout
                 # (Bound callables kept as attributes: read as such, since a call
                 # written as a method call is not specialised for them.)
@@ -149,7 +150,7 @@ class _Lease(Waiter[R]):
                 conn = self.conn
                 if conn is None:
                     raise pool._failed(self)
-                conn.uses += 1  # (_count_lease, inline)
+                # (The lease was counted by the hand-off: see _served.)
                 if pool._lease_watch is not None:
                     pool._lease_watch.add(conn)
             elif pool._quick_idle and pool._idle and not self.fresh and not pool._closing:
@@ -170,9 +171,8 @@ class _Lease(Waiter[R]):
             else:
                 self.conn = conn = await pool._acquire(self.fresh)
         except BaseException:
-            self._lease = 0
+            self._busy = False
             raise
-        self._lease = conn.lease
         return conn.resource
 
     async def __aexit__(
@@ -184,17 +184,8 @@ class _Lease(Waiter[R]):
         conn = self.conn
         assert conn is not None
         self.conn = None
-        lease = self._lease
-        self._lease = 0
+        self._busy = False
         pool = self._pool
-        if conn.lease != lease:
-            # Given back by hand inside the block (and maybe lent again since).
-            if exc_type is None and not pool._closing:
-                raise PoolError(
-                    "the connection of this pool.connection() block was already released "
-                    "inside the block; release() is for connections taken with acquire()"
-                )
-            return
         if exc_type is not None:
             # Its state is unknown (a half-sent message, an unread reply).
             pool._give_back(conn, Reason.ERROR_IN_BLOCK)
@@ -212,6 +203,7 @@ class _Lease(Waiter[R]):
                 # unfit (see _quick_hand_off) and the first in line takes any
                 # connection: the next lease begins at once.
                 conn.lease += 2
+                conn.uses += 1
                 waiter = waiters.popitem(last=False)[0]
                 waiter.conn = conn
                 try:  # noqa: SIM105 (wake(), inline)
@@ -425,6 +417,8 @@ class WebSocketPool(Generic[R]):
             anyio.lowlevel.checkpoint_if_cancelled
         )
         self._signal: Callable[[], Signal] = _not_open
+        #: whether a borrower checks for cancellation before it queues (see Backend)
+        self._check_before_wait = True
 
     # -- public API -------------------------------------------------------------
 
@@ -516,8 +510,9 @@ class WebSocketPool(Generic[R]):
         cannot leave it half given back.
 
         Raises:
-            PoolError: ``connection`` is not currently lent by this pool (never
-                lent by it, or released already).
+            PoolError: ``connection`` is not currently lent by this pool with
+                :meth:`acquire` (never lent by it, released already, or held by
+                a :meth:`connection` block, which gives it back itself).
         """
         if not isinstance(discard, bool):
             raise TypeError(f"discard must be a bool, got {discard!r}")
@@ -525,6 +520,15 @@ class WebSocketPool(Generic[R]):
         if conn is None:
             if self._closing:
                 return
+            if any(c.state is _LENT and c.resource is connection for c in self._conns):
+                # Lent to a block now: maybe handed to it after this caller's
+                # own release (a second release), maybe the block's own
+                # connection. Either way it is not this caller's to give back.
+                raise PoolError(
+                    "release() was given a connection that a pool.connection() block holds, "
+                    "which gives it back itself when it ends (if acquire() lent it to you, "
+                    "it was released already)"
+                )
             raise PoolError(
                 f"release() was given {type(connection).__name__} object that this pool did "
                 "not lend, or that was released already"
@@ -532,17 +536,9 @@ class WebSocketPool(Generic[R]):
         self._give_back(conn, Reason.DISCARDED if discard else None)
 
     def _lent_conn(self, resource: object) -> Conn[R] | None:
-        """The connection lent with ``resource``, if one is lent.
-
-        A lease of :meth:`acquire` first (the most recent); else one of a
-        ``connection()`` block (released by hand inside it: a misuse that the
-        block reports when it ends), found by a scan.
-        """
+        """The lease of :meth:`acquire` lent with ``resource`` (the most recent), if any."""
         for conn in reversed(self._lent.get(id(resource), ())):
             if conn.resource is resource:
-                return conn
-        for conn in self._conns:
-            if conn.state is _LENT and conn.resource is resource:
                 return conn
         return None
 
@@ -607,7 +603,7 @@ class WebSocketPool(Generic[R]):
         value = check_int("max_connections", value, minimum=1)
         self._connector.check_capacity(value)
         self._capacity = value
-        excess = len(self._conns) - value
+        excess = len(self._conns) - self._counts[_CLOSING] - value
         while excess > 0 and self._idle:
             self._retire(next(iter(self._idle)), Reason.RESIZED)
             excess -= 1
@@ -669,6 +665,7 @@ class WebSocketPool(Generic[R]):
         self._now = backend.now
         self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._signal = backend.signal
+        self._check_before_wait = backend.check_before_wait
         if self._config.lease_warning is not None:
             self._lease_watch = LeaseWatch(
                 self._config.lease_warning, self._now, self._connector.target
@@ -846,7 +843,7 @@ class WebSocketPool(Generic[R]):
         # a new connection (a plain one would have been handed an idle one),
         # so a plain borrower passes nobody by taking one.
         if fresh or (self._waiters and not self._idle):
-            return await self._wait(fresh)  # (the wait is the cancellation point)
+            return await self._wait(fresh)  # (which checks for cancellation)
         # Like anyio's own primitives: a cancelled borrower takes nothing, even
         # when it would not have to wait. (No yield when not cancelled.)
         await self._checkpoint_if_cancelled()
@@ -968,6 +965,8 @@ class WebSocketPool(Generic[R]):
             PoolClosed: the pool is closing.
             PoolTimeout: ``acquire_timeout`` ran out (``deadline`` when given).
         """
+        if self._check_before_wait:
+            await self._checkpoint_if_cancelled()  # (see Backend.check_before_wait)
         waiter: Waiter[R] = Waiter(fresh)
         self._enqueue(waiter, deadline, first=first)
         try:
@@ -1042,19 +1041,27 @@ class WebSocketPool(Generic[R]):
 
     def _abandon(self, waiter: Waiter[R]) -> None:
         """``waiter`` was cancelled: leave no trace, pass on a connection handed over meanwhile."""
+        waiter.error = None  # (failed and cancelled at once: the cancellation wins)
         if self._waiters.discard(waiter):
             self._left_unserved()
         elif waiter.conn is not None:
             conn = waiter.conn
             waiter.conn = None
+            conn.uses -= 1  # a lease counted by the hand-off, but not taken
             self._give_back(conn, None)
 
     def _served(self, waiter: Waiter[R]) -> Conn[R]:
-        """The connection handed to a woken ``waiter`` (its lease counted), or its error raised."""
+        """The connection handed to a woken ``waiter``, or its error raised.
+
+        The hand-off counted the lease (``Conn.uses``) when it filled in
+        ``conn``, not the borrower when it runs: the connection may be closed,
+        and its count folded into the pool's totals, before then.
+        """
         conn = waiter.conn
         if conn is None:
             raise self._failed(waiter)
-        self._count_lease(conn)
+        if self._lease_watch is not None:
+            self._lease_watch.add(conn)
         return conn
 
     @staticmethod
@@ -1147,8 +1154,14 @@ class WebSocketPool(Generic[R]):
             reason = self._unfit(conn)
         else:
             reason = None
-        if reason is None and len(self._conns) > self._capacity:
-            reason = Reason.RESIZED  # each connection holds one token
+        if (
+            reason is None
+            and len(self._conns) > self._capacity
+            and len(self._conns) - self._counts[_CLOSING] > self._capacity
+        ):
+            # Over a capacity lowered since it was lent (those already closing
+            # hold their token until closed, but they are not kept).
+            reason = Reason.RESIZED
         if reason is not None:
             self._retire(conn, reason)
             if not conn.uses and is_fatal_close(conn.close_code) and self._waiters:
@@ -1173,6 +1186,7 @@ class WebSocketPool(Generic[R]):
                     return
                 if plain is not False:
                     self._lend(conn)
+                    conn.uses += 1
                     waiters.serve(plain, conn)
                     return
             else:
@@ -1180,6 +1194,7 @@ class WebSocketPool(Generic[R]):
                     conn.lease += 1  # (all that _lend does here, without the call)
                 else:
                     self._lend(conn)
+                conn.uses += 1  # (counted here, for the borrower: see _served)
                 # Serve the first waiter (inline: the hot path of a busy pool).
                 waiter = waiters.popitem(last=False)[0]
                 waiter.conn = conn
@@ -1262,6 +1277,7 @@ class WebSocketPool(Generic[R]):
             # before the first lease. The connection still counts as being
             # opened, for the waiter it was opened for.
             self._priming += 1
+            conn.priming = True
             self._set_state(conn, _DRAINING)
             conn.wake.set()
         else:
@@ -1301,7 +1317,8 @@ class WebSocketPool(Generic[R]):
         )
 
     def _prepared(self, conn: Conn[R]) -> None:
-        if not conn.uses:
+        if conn.priming:
+            conn.priming = False
             self._priming -= 1
         self._put_back(conn)
 
@@ -1584,7 +1601,8 @@ class WebSocketPool(Generic[R]):
             # Released, maybe with messages its borrower never read: they are
             # drained like any other, not dropped unseen with the connection.
             self._connector.park(conn.resource, self._drained)
-            if not conn.uses:
+            if conn.priming:
+                conn.priming = False
                 self._priming -= 1
         if conn.scope is not None:
             # Stop what is being done for it: connecting, backing off, a hook,

@@ -121,12 +121,17 @@ async def test_release_of_a_foreign_object_raises_pool_error(ws_server: WSServer
         await other.release(foreign)
 
 
-async def test_release_inside_a_block_is_reported_at_its_end(ws_server: WSServer) -> None:
+async def test_release_of_a_block_connection_is_refused(ws_server: WSServer) -> None:
     async with open_pool(ws_server.url) as pool:
-        with pytest.raises(PoolError, match="already released"):
-            async with pool.connection() as ws:
+        async with pool.connection() as ws:
+            with pytest.raises(PoolError, match=r"pool\.connection\(\) block holds"):
                 await pool.release(ws)
+            # Still the block's: not lent to anyone else, and it still works.
+            assert pool.stats.in_use == 1
+            await ws.send_text("x")
+            assert await ws.receive_text() == "x"
         assert pool.stats.idle == 1
+        assert pool.stats.discarded == 0
 
 
 async def test_refused_upgrade_keeps_httpx_ws_error_type(ws_server: WSServer) -> None:

@@ -535,3 +535,37 @@ async def test_a_connection_given_back_goes_to_a_plain_waiter_behind_a_fresh_one
 async def _new_waiter(pool: Any, got: list[Resource]) -> None:
     async with pool.new_connection() as resource:
         got.append(resource)
+
+
+async def test_shrinking_does_not_count_a_connection_already_closing() -> None:
+    # Three idle connections at max_connections=3; one is being closed (its
+    # close waits). Shrinking to 2 leaves two open connections: the one closing
+    # is already on its way out, so no idle one is closed in its place.
+    release_close = anyio.Event()
+    connector = Connector()
+
+    @asynccontextmanager
+    async def slow_close() -> AsyncIterator[Resource]:
+        async with connector() as resource:
+            try:
+                yield resource
+            finally:
+                if resource is doomed[0]:
+                    with anyio.CancelScope(shield=True):
+                        await release_close.wait()
+
+    doomed: list[Resource] = []
+    async with open_pool(connect=slow_close, max_connections=3) as pool:
+        held = [await pool.acquire() for _ in range(3)]
+        doomed.append(held[0])
+        await pool.release(held[0], discard=True)
+        for resource in held[1:]:
+            await pool.release(resource)
+        await until(lambda: pool.stats.closing == 1)
+        pool.max_connections = 2
+        assert pool.stats.idle == 2
+        assert pool.stats.closing == 1
+        release_close.set()
+        await until(lambda: pool.stats.closing == 0)
+        assert pool.stats.idle == 2
+        assert connector.closed == doomed
