@@ -43,37 +43,42 @@ class Signal(Protocol):
     """A one-shot wake-up: awaited once, by one task; set once, with :func:`wake`."""
 
     def set_result(self, result: None, /) -> None:
-        """Wake its waiter; ``InvalidStateError`` if the waiter was cancelled (asyncio)."""
+        """Wake its waiter; ``asyncio.InvalidStateError`` if the waiter was cancelled.
+
+        (Or if it was set already: a wake-up is set once.)
+        """
         ...
 
     def __await__(self) -> Generator[Any, Any, Any]: ...
 
 
-def wake(signal: Signal) -> None:
-    """Set ``signal``, unless its waiter was cancelled meanwhile.
+def wake(signal: Signal) -> bool:
+    """Set ``signal``; False if its waiter was cancelled meanwhile (nobody was woken).
 
-    On asyncio a cancelled waiter's future is cancelled with it, and setting it
-    raises; on trio the wake-up of a cancelled waiter wakes nobody. (The
-    hand-off path writes this out where it serves the first waiter, to save
-    the call; the ``try`` costs nothing until it catches.)
+    A waiter's wake-up is cancelled with it, at once, on both backends: on
+    asyncio the task's cancellation cancels the future it awaits, on trio the
+    cancellation aborts the park. So the pool learns as it hands a connection
+    over whether anybody will take it, and passes it on to the next waiter if
+    not. (The hand-off path writes this out, to save the call; the ``try``
+    costs nothing until it catches.)
     """
-    try:  # noqa: SIM105 (contextlib.suppress is two calls more)
+    try:
         signal.set_result(None)
     except asyncio.InvalidStateError:
-        pass
+        return False
+    return True
 
 
 class Backend:
     """The running backend's clock, cancellation check and wake-up, bound once."""
 
-    __slots__ = ("check_before_wait", "checkpoint_if_cancelled", "now", "signal")
+    __slots__ = ("checkpoint_if_cancelled", "now", "signal")
 
     def __init__(
         self,
         now: Callable[[], float],
         checkpoint_if_cancelled: Callable[[], Awaitable[None]],
         signal: Callable[[], Signal],
-        check_before_wait: bool,
     ) -> None:
         #: the current time on the backend's clock
         self.now = now
@@ -81,15 +86,6 @@ class Backend:
         self.checkpoint_if_cancelled = checkpoint_if_cancelled
         #: a new one-shot wake-up
         self.signal = signal
-        #: whether a borrower must call checkpoint_if_cancelled before it waits.
-        #: Like anyio's own primitives, a borrower whose scope is cancelled takes
-        #: nothing, not even a connection handed over at once. On asyncio anyio
-        #: delivers a scope's cancellation to a waiting task by a loop callback,
-        #: which spares a task whose awaited future is already set: a borrower
-        #: cancelled before it queued could be handed a connection, only to fail
-        #: at its block's first await. Trio delivers a pending cancellation as
-        #: the task parks, so the check would be paid twice.
-        self.check_before_wait = check_before_wait
 
 
 def bind() -> Backend:
@@ -103,10 +99,10 @@ def bind() -> Backend:
         default_clock = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
         now = time.monotonic if default_clock else loop.time
         signal: Callable[[], Signal] = asyncio.Future  # (of the running loop: this one)
-        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal, True)
+        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal)
     import trio  # the only other backend anyio runs on; imported only when running
 
-    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal(), False)
+    return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal())
 
 
 def _trio_signal() -> Any:
@@ -122,21 +118,24 @@ def _trio_signal() -> Any:
     wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
     succeeded = trio.lowlevel.Abort.SUCCEEDED
     checkpoint = trio.lowlevel.checkpoint
+    InvalidStateError = asyncio.InvalidStateError
 
     class TrioSignal:
         __slots__ = ("_done", "_task")
 
         def __init__(self) -> None:
+            #: set, or its waiter was cancelled: set_result() may not be called again
             self._done = False
             self._task: trio.lowlevel.Task | None = None
 
         def set_result(self, result: None, /) -> None:
-            if not self._done:
-                self._done = True
-                task = self._task
-                if task is not None:
-                    self._task = None
-                    reschedule(task)
+            if self._done:
+                raise InvalidStateError("set already, or its waiter was cancelled")
+            self._done = True
+            task = self._task
+            if task is not None:
+                self._task = None
+                reschedule(task)
 
         def __await__(self) -> Generator[Any, Any, Any]:
             # The awaiter of trio's own coroutine, returned as it is: no
@@ -147,7 +146,8 @@ def _trio_signal() -> Any:
             return wait_task_rescheduled(self._abort).__await__()
 
         def _abort(self, _: object) -> trio.lowlevel.Abort:
-            self._task = None  # cancelled: set_result() wakes nobody
+            self._task = None  # cancelled: set_result() raises, as on asyncio
+            self._done = True
             return succeeded
 
     return TrioSignal

@@ -35,7 +35,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._backend import Signal, bind
+from ._backend import Signal, bind, wake
 from ._circuit import Circuit, CircuitState
 from ._conn import TRANSITIONS, Conn, Reason, State
 from ._connector import Connector
@@ -131,8 +131,7 @@ class _Lease(Waiter[R]):
                 # few microseconds, and each call on its way shows.
                 if pool._closing:
                     pool._check_open()
-                if pool._check_before_wait:
-                    await pool._checkpoint_if_cancelled()  # (as _wait does)
+                await pool._checkpoint_if_cancelled()  # (as _wait does)
                 timeout = pool._config.acquire_timeout
                 # (Bound callables kept as attributes: read as such, since a call
                 # written as a method call is not specialised for them.)
@@ -206,10 +205,11 @@ class _Lease(Waiter[R]):
                 conn.uses += 1
                 waiter = waiters.popitem(last=False)[0]
                 waiter.conn = conn
-                try:  # noqa: SIM105 (wake(), inline)
+                try:
                     waiter.event.set_result(None)
-                except InvalidStateError:  # cancelled meanwhile (asyncio)
-                    pass
+                except InvalidStateError:  # cancelled meanwhile: the next one
+                    pool._not_taken(waiter, conn)
+                    pool._put_back(conn)
                 return
             conn.lease += 1
             pool._put_back(conn)
@@ -417,8 +417,6 @@ class WebSocketPool(Generic[R]):
             anyio.lowlevel.checkpoint_if_cancelled
         )
         self._signal: Callable[[], Signal] = _not_open
-        #: whether a borrower checks for cancellation before it queues (see Backend)
-        self._check_before_wait = True
 
     # -- public API -------------------------------------------------------------
 
@@ -665,7 +663,6 @@ class WebSocketPool(Generic[R]):
         self._now = backend.now
         self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
         self._signal = backend.signal
-        self._check_before_wait = backend.check_before_wait
         if self._config.lease_warning is not None:
             self._lease_watch = LeaseWatch(
                 self._config.lease_warning, self._now, self._connector.target
@@ -965,8 +962,10 @@ class WebSocketPool(Generic[R]):
             PoolClosed: the pool is closing.
             PoolTimeout: ``acquire_timeout`` ran out (``deadline`` when given).
         """
-        if self._check_before_wait:
-            await self._checkpoint_if_cancelled()  # (see Backend.check_before_wait)
+        # Like anyio's own primitives, a cancelled borrower takes nothing, and
+        # it leaves no trace: no connection is opened for it, no idle one is
+        # closed to make room for it, no admission rule refuses it.
+        await self._checkpoint_if_cancelled()
         waiter: Waiter[R] = Waiter(fresh)
         self._enqueue(waiter, deadline, first=first)
         try:
@@ -1040,15 +1039,49 @@ class WebSocketPool(Generic[R]):
             self._grow()  # (at a full pool with nothing to adopt or close: a no-op, skipped)
 
     def _abandon(self, waiter: Waiter[R]) -> None:
-        """``waiter`` was cancelled: leave no trace, pass on a connection handed over meanwhile."""
+        """``waiter`` was cancelled: leave no trace, pass on a connection handed over meanwhile.
+
+        (A hand-off skips a waiter whose wake-up was cancelled already; one is
+        handed a connection and cancelled before it runs only on asyncio, by a
+        cancellation of the task itself.)
+        """
         waiter.error = None  # (failed and cancelled at once: the cancellation wins)
         if self._waiters.discard(waiter):
             self._left_unserved()
         elif waiter.conn is not None:
             conn = waiter.conn
             waiter.conn = None
-            conn.uses -= 1  # a lease counted by the hand-off, but not taken
+            self._uncount(conn)
             self._give_back(conn, None)
+
+    def _not_taken(self, waiter: Waiter[R], conn: Conn[R]) -> None:
+        """``conn`` was handed to ``waiter``, whose borrower was cancelled: take it back.
+
+        The waiter is out of the queue already; ``conn`` stays lent, for the
+        caller to pass on.
+        """
+        waiter.conn = None
+        self._uncount(conn)
+        self._left_unserved()
+
+    def _uncount(self, conn: Conn[R]) -> None:
+        """A lease counted on ``conn`` by a hand-off was not taken."""
+        conn.uses -= 1
+        if conn.state is _CLOSED:  # its count was folded into the pool's totals
+            self._counters.acquired -= 1
+            if conn.uses:
+                self._counters.reused -= 1
+
+    def _fail_first(self, error: BaseException) -> None:
+        """Wake the first waiter whose borrower is still there with ``error``."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popitem(last=False)[0]
+            waiter.error = error
+            if wake(waiter.event):
+                return
+            waiter.error = None
+            self._left_unserved()
 
     def _served(self, waiter: Waiter[R]) -> Conn[R]:
         """The connection handed to a woken ``waiter``, or its error raised.
@@ -1164,45 +1197,51 @@ class WebSocketPool(Generic[R]):
             reason = Reason.RESIZED
         if reason is not None:
             self._retire(conn, reason)
-            if not conn.uses and is_fatal_close(conn.close_code) and self._waiters:
+            if not conn.uses and is_fatal_close(conn.close_code):
                 # A new connection refused by the server's own code (unauthorised,
                 # quota exceeded) before its first lease: the borrower first in
                 # line gets that error, as for a failed attempt.
-                self._waiters.fail(
-                    self._waiters.first(), self._connector.closed_error(conn.resource)
-                )
+                self._fail_first(self._connector.closed_error(conn.resource))
             return
         waiters = self._waiters
-        if waiters:
+        while waiters:
             if conn.uses and self._fresh_seen and waiters.first().fresh:
                 # The first in line asked for a new connection: this one goes
                 # to the first borrower who takes any connection, unless a
                 # borrower before it asked for a new one that no connection
-                # being opened will serve; then it makes room for that one
-                # (its capacity is reused once it is closed). Or it is idle.
-                plain = waiters.first_needing_room(self._counts[_CONNECTING] + self._priming)
+                # being opened (or closing to make room) will serve; then it
+                # makes room for that one (its capacity is reused once it is
+                # closed). Or it is idle.
+                counts = self._counts
+                plain = waiters.first_needing_room(
+                    counts[_CONNECTING] + self._priming + counts[_CLOSING]
+                )
                 if plain is None:
                     self._retire(conn, Reason.MAKE_ROOM)
                     return
-                if plain is not False:
-                    self._lend(conn)
-                    conn.uses += 1
-                    waiters.serve(plain, conn)
-                    return
+                if plain is False:
+                    break
+                self._lend(conn)
+                del waiters[plain]
+                waiter = plain
             else:
                 if conn.state is _LENT and self._plain_lend:
                     conn.lease += 1  # (all that _lend does here, without the call)
                 else:
                     self._lend(conn)
-                conn.uses += 1  # (counted here, for the borrower: see _served)
-                # Serve the first waiter (inline: the hot path of a busy pool).
+                # The first waiter (inline: the hot path of a busy pool).
                 waiter = waiters.popitem(last=False)[0]
-                waiter.conn = conn
-                try:  # noqa: SIM105 (wake(), inline)
-                    waiter.event.set_result(None)
-                except InvalidStateError:  # cancelled meanwhile (asyncio)
-                    pass
+            # The lease is counted by the hand-off, not by its borrower once it
+            # runs: the connection may be closed, and its count folded into the
+            # pool's totals, before then.
+            conn.uses += 1
+            waiter.conn = conn
+            try:
+                waiter.event.set_result(None)
                 return
+            except InvalidStateError:
+                # Its borrower was cancelled meanwhile and is leaving: the next one.
+                self._not_taken(waiter, conn)
         self._set_state(conn, _IDLE)
         if self._config.idle_timeout is not None or self._shared is not None:
             conn.idle_since = self._now()
@@ -1293,7 +1332,7 @@ class WebSocketPool(Generic[R]):
         self._last_connect_error = error
         waiters = self._waiters
         if waiters:
-            waiters.fail(waiters.first(), error)
+            self._fail_first(error)
         else:
             # Nobody asked for this one (warm-up, replacement): back off before the next.
             self._back_off_background()

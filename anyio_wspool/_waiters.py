@@ -85,28 +85,27 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
         return False
 
     def add(self, waiter: Waiter[R], *, first: bool = False) -> None:
-        """Queue ``waiter`` last, or ``first`` (for one that was there before all others)."""
+        """Queue ``waiter`` last, or ``first``: ahead of those who came after it.
+
+        ``first`` is for a borrower that was there before it queued (its
+        ``check_on_acquire`` ping failed): it goes ahead of every waiter whose
+        deadline is not earlier than its own, which came after it (or at the
+        same tick of a coarse clock), and behind the others, so that the queue
+        stays in deadline order.
+        """
         if (first or not self) and self._wakeup is not None:
-            self._wakeup.set()  # a new head: the expiry task looks at its deadline
+            self._wakeup.set()  # maybe a new head: the expiry task looks at its deadline
         self[waiter] = None
         if first:
-            self.move_to_end(waiter, last=False)
+            deadline = waiter.deadline
+            for later in [
+                other for other in self if other.deadline >= deadline and other is not waiter
+            ]:
+                self.move_to_end(later)
 
     def discard(self, waiter: Waiter[R]) -> bool:
         """Take ``waiter`` out of the queue; False if it was no longer in it."""
         return self.pop(waiter, waiter) is not waiter
-
-    def serve(self, waiter: Waiter[R], conn: Conn[R]) -> None:
-        """Hand ``conn`` (already lent) to ``waiter`` and wake it."""
-        del self[waiter]
-        waiter.conn = conn
-        wake(waiter.event)
-
-    def fail(self, waiter: Waiter[R], error: BaseException) -> None:
-        """Wake ``waiter`` with ``error`` to raise."""
-        del self[waiter]
-        waiter.error = error
-        wake(waiter.event)
 
     def fail_all(self, error: Callable[[], BaseException]) -> None:
         """Wake every waiter, each with an error of its own (``error()``)."""

@@ -257,3 +257,27 @@ def test_the_core_does_not_import_the_websocket_stack(module: str) -> None:
 def test_the_package_stands_on_its_own_docs() -> None:
     for path in PACKAGE.glob("*.py"):
         assert "SPEC" not in path.read_text(), path.name
+
+
+@given(st.lists(st.floats(0, 100), max_size=12), st.floats(0, 100))
+def test_a_waiter_put_back_first_keeps_the_queue_in_deadline_order(
+    deadlines: list[float], own: float
+) -> None:
+    # A borrower whose check_on_acquire ping failed goes back ahead of those who
+    # came after it (a later deadline) and behind the others: the single expiry
+    # task watches only the head, so the queue must stay in deadline order.
+    from anyio_wspool._waiters import Waiter, WaiterQueue
+
+    queue: WaiterQueue[object] = WaiterQueue()
+    for deadline in sorted(deadlines):
+        waiter: Waiter[object] = Waiter(fresh=True)
+        waiter.deadline = deadline
+        queue.add(waiter)
+    before = list(queue)
+    back: Waiter[object] = Waiter(fresh=False)
+    back.deadline = own
+    queue.add(back, first=True)
+    order = list(queue)
+    assert [w.deadline for w in order] == sorted(w.deadline for w in order)
+    assert [w for w in order if w is not back] == before  # the others keep their order
+    assert all(w.deadline < own for w in order[: order.index(back)])
