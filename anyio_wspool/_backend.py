@@ -9,22 +9,24 @@ event loop from the moment it is entered, so it binds these once:
 * the backend's clock: trio's own ``current_time`` (so that trio's
   ``MockClock`` still drives every deadline), the asyncio loop's ``time``;
 * the backend's cancellation check, the one anyio's own primitives make before
-  they take something without waiting;
+  they take something or wait (on asyncio, a quicker test in front of it: see
+  :func:`_asyncio_checkpoint_if_cancelled`);
 * the cheapest one-shot wake-up the backend offers, for a waiting borrower: a
   bare future on asyncio (``anyio.Event`` wraps an ``asyncio.Event``, which
   makes a future of its own for each wait), the parked task itself on trio.
 
 A wake-up is set at most once and waited on by one task at most once, which is
 all a waiting borrower needs; anything waited on repeatedly keeps using
-``anyio.Event``. On asyncio the wake-up *is* the future, made by the C
-``Future`` type directly and awaited as it is: a wrapper object, or the loop's
-``create_future`` method, would add Python calls to every hand-off, and a
-Python subclass of ``Future`` leaves the C task's fast path for bare futures.
-It is made without ``loop=``: the C type then takes the running loop itself,
-which is cheaper than parsing a keyword argument on every wait (the pool runs on
-one loop, so it is the same loop). On trio the wake-up speaks the same two
-method, ``set_result()``, so that the hand-off sets it with one C call on
-asyncio and no backend test (see :func:`wake`).
+``anyio.Event``. On asyncio the wake-up *is* the future, made by the pool's
+loop (``loop.create_future``, bound once) and awaited as it is: a wrapper
+object would add Python calls to every hand-off, and a Python subclass of
+``Future`` leaves the C task's fast path for bare futures. ``asyncio.Future()``
+without ``loop=`` runs fewer instructions but is slower: on Python 3.11 it asks
+for the running loop, which checks the process id with a system call each time.
+On trio the wake-up speaks the same method, ``set_result()`` (which raises
+``asyncio.InvalidStateError`` once its waiter was cancelled, as a cancelled
+future does), so that the hand-off sets it with one call and no backend test
+(see :func:`wake`).
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ def bind() -> Backend:
         # clock a test replaced (virtual time), keeps its own.
         default_clock = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
         now = time.monotonic if default_clock else loop.time
-        signal: Callable[[], Signal] = asyncio.Future  # (of the running loop: this one)
-        return Backend(now, token.backend_class.checkpoint_if_cancelled, signal)
+        signal: Callable[[], Signal] = loop.create_future
+        check = _asyncio_checkpoint_if_cancelled(loop, token.backend_class.checkpoint_if_cancelled)
+        return Backend(now, check, signal)
     import trio  # the only other backend anyio runs on; imported only when running
 
     return Backend(trio.current_time, trio.lowlevel.checkpoint_if_cancelled, _trio_signal())
@@ -151,3 +154,56 @@ def _trio_signal() -> Any:
             return succeeded
 
     return TrioSignal
+
+
+def _asyncio_checkpoint_if_cancelled(
+    loop: asyncio.AbstractEventLoop, checkpoint_if_cancelled: Callable[[], Awaitable[None]]
+) -> Callable[[], Awaitable[None]]:
+    """anyio's ``checkpoint_if_cancelled`` on asyncio, behind a quicker test.
+
+    Every lease makes this check, and on asyncio anyio's own costs about a
+    microsecond, as much as the rest of a hand-off: ``asyncio.current_task()``
+    without a loop (on Python 3.11 a system call, to check the process id),
+    then a ``WeakKeyDictionary`` lookup and property calls up the task's cancel
+    scopes. The test below walks the same scopes, reading the fields those
+    properties return, with the current task of the pool's own loop; only when
+    an enclosing scope was cancelled does it call anyio's check, which raises
+    the cancellation as anyio does. It reads anyio's private state, so it is
+    used only if that state is what it expects when the pool opens; otherwise
+    anyio's check is used as it is (the tests check that the two agree).
+    """
+    try:
+        from anyio._backends._asyncio import _task_states
+
+        current_task = asyncio.current_task
+        task = current_task(loop)
+        # What the test reads, as it must be: the innermost scope of the task,
+        # its flags, its parent.
+        probe: Any
+        with anyio.CancelScope() as probe:  # noqa: ASYNC100 (entered to be looked at)
+            innermost: Any = _task_states[task].cancel_scope  # type: ignore[index]
+            usable = (
+                probe._cancel_called is False
+                and probe._shield is False
+                and hasattr(probe, "_parent_scope")
+                and innermost is probe
+            )
+    except Exception:
+        usable = False
+    if not usable:
+        return checkpoint_if_cancelled  # (anyio changed: its own check, as it is)
+
+    async def quick_checkpoint_if_cancelled() -> None:
+        try:
+            scope: Any = _task_states[current_task(loop)].cancel_scope  # type: ignore[index]
+        except KeyError:
+            return  # a task that entered no cancel scope of anyio's
+        while scope is not None:
+            if scope._cancel_called:
+                await checkpoint_if_cancelled()  # (raises, as anyio raises it)
+                return
+            if scope._shield:
+                return
+            scope = scope._parent_scope
+
+    return quick_checkpoint_if_cancelled

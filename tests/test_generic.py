@@ -569,3 +569,63 @@ async def test_shrinking_does_not_count_a_connection_already_closing() -> None:
         await until(lambda: pool.stats.closing == 0)
         assert pool.stats.idle == 2
         assert connector.closed == doomed
+
+
+async def _raises_at(check: Any, shape: str) -> bool:
+    """Whether ``check()`` raises a cancellation in cancel scopes of ``shape``."""
+    reached = False
+    if shape == "none":
+        await check()
+        reached = True
+    elif shape == "outer cancelled":
+        with anyio.CancelScope() as outer:
+            outer.cancel()
+            with anyio.CancelScope():
+                await check()
+                reached = True
+    elif shape == "shielded inside a cancelled one":
+        with anyio.CancelScope() as outer:
+            outer.cancel()
+            with anyio.CancelScope(shield=True):
+                await check()
+                reached = True
+    elif shape == "cancelled inside a shielded one":
+        with anyio.CancelScope(shield=True), anyio.CancelScope() as inner:
+            inner.cancel()
+            await check()
+            reached = True
+    elif shape == "deadline passed":
+        with anyio.move_on_after(-1):
+            await check()
+            reached = True
+    return not reached
+
+
+SHAPES = [
+    ("none", False),
+    ("outer cancelled", True),
+    ("shielded inside a cancelled one", False),
+    ("cancelled inside a shielded one", True),
+    ("deadline passed", True),
+]
+
+
+@pytest.mark.parametrize(("shape", "raises"), SHAPES)
+async def test_the_pool_cancellation_check_agrees_with_anyio(
+    anyio_backend_name: str, shape: str, raises: bool
+) -> None:
+    # The lending path's cancellation check is bound when the pool opens; on
+    # asyncio it is a quicker test in front of anyio's own (which it reads
+    # anyio's state for): it must raise exactly where anyio's raises.
+    async with open_pool(connect=Connector()) as pool:
+        check = pool._checkpoint_if_cancelled
+        if anyio_backend_name == "asyncio":
+            assert check.__name__ == "quick_checkpoint_if_cancelled", (
+                "anyio's asyncio state is not what the quick check reads: it fell back to "
+                "anyio's own check (correct, but a microsecond more a lease)"
+            )
+        assert await _raises_at(anyio.lowlevel.checkpoint_if_cancelled, shape) is raises
+        assert await _raises_at(check, shape) is raises
+        # And the pool lends as usual afterwards (no cancellation left behind).
+        async with pool.connection():
+            pass
