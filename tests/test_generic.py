@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -14,45 +13,10 @@ from anyio.abc import TaskGroup
 
 from anyio_wspool import PoolTimeout, open_pool
 
+from ._fake import Connector, Resource
 from ._util import until
 
 pytestmark = pytest.mark.anyio
-
-
-class Resource:
-    """A fake resource that records what was done to it."""
-
-    _ids = itertools.count()
-
-    def __init__(self) -> None:
-        self.id = next(self._ids)
-        self.closed = False
-        self.owner_task: object = None
-
-
-class Connector:
-    """Counts openings and closings, and checks that one task opens and closes."""
-
-    def __init__(self, *, fail: int = 0) -> None:
-        self.opened: list[Resource] = []
-        self.closed: list[Resource] = []
-        self.fail = fail
-
-    @asynccontextmanager
-    async def __call__(self) -> AsyncIterator[Resource]:
-        await anyio.lowlevel.checkpoint()
-        if self.fail:
-            self.fail -= 1
-            raise ConnectionRefusedError("the fake server refused")
-        resource = Resource()
-        resource.owner_task = anyio.get_current_task().id
-        self.opened.append(resource)
-        try:
-            yield resource
-        finally:
-            assert anyio.get_current_task().id == resource.owner_task
-            resource.closed = True
-            self.closed.append(resource)
 
 
 async def test_generic_connector_lends_and_reuses_a_resource() -> None:

@@ -11,7 +11,6 @@ may have left a frame half sent.)
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,41 +20,10 @@ import pytest
 
 from anyio_wspool import PoolTimeout, open_pool
 
+from ._fake import Connector, Resource
 from ._util import until
 
 pytestmark = pytest.mark.anyio
-
-
-class Resource:
-    """A fake resource."""
-
-    _ids = itertools.count()
-
-    def __init__(self) -> None:
-        self.id = next(self._ids)
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"<Resource {self.id}{' closed' if self.closed else ''}>"
-
-
-class Connector:
-    """Counts openings and closings."""
-
-    def __init__(self) -> None:
-        self.opened: list[Resource] = []
-        self.closed: list[Resource] = []
-
-    @asynccontextmanager
-    async def __call__(self) -> AsyncIterator[Resource]:
-        await anyio.lowlevel.checkpoint()
-        resource = Resource()
-        self.opened.append(resource)
-        try:
-            yield resource
-        finally:
-            resource.closed = True
-            self.closed.append(resource)
 
 
 # -- the lease counters ---------------------------------------------------------------
