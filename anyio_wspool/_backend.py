@@ -51,6 +51,10 @@ class Signal(Protocol):
         """
         ...
 
+    def cancelled(self) -> bool:
+        """Whether its waiter was cancelled (and is leaving, without a connection)."""
+        ...
+
     def __await__(self) -> Generator[Any, Any, Any]: ...
 
 
@@ -124,12 +128,16 @@ def _trio_signal() -> Any:
     InvalidStateError = asyncio.InvalidStateError
 
     class TrioSignal:
-        __slots__ = ("_done", "_task")
+        __slots__ = ("_cancelled", "_done", "_task")
 
         def __init__(self) -> None:
             #: set, or its waiter was cancelled: set_result() may not be called again
             self._done = False
+            self._cancelled = False
             self._task: trio.lowlevel.Task | None = None
+
+        def cancelled(self) -> bool:
+            return self._cancelled
 
         def set_result(self, result: None, /) -> None:
             if self._done:
@@ -150,7 +158,7 @@ def _trio_signal() -> Any:
 
         def _abort(self, _: object) -> trio.lowlevel.Abort:
             self._task = None  # cancelled: set_result() raises, as on asyncio
-            self._done = True
+            self._done = self._cancelled = True
             return succeeded
 
     return TrioSignal

@@ -25,7 +25,7 @@ import logging
 import math
 from asyncio import InvalidStateError
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
@@ -871,6 +871,8 @@ class WebSocketPool(Generic[R]):
         """
         timeout = self._config.acquire_timeout
         deadline = self._now() + timeout if timeout else math.inf
+        # (Those waiting now were there before it: if it must wait, behind them only.)
+        ahead = frozenset(self._waiters)
         while not await self._answers_ping(conn, deadline):
             if self._closing:
                 raise PoolClosed("the pool was closed while waiting for a connection")
@@ -879,7 +881,7 @@ class WebSocketPool(Generic[R]):
                 raise self._timeout_error(self._config.acquire_timeout or 0.0)
             next_conn = self._take_idle()
             if next_conn is None:
-                return await self._wait(False, deadline, first=True)
+                return await self._wait(False, deadline, ahead=ahead)
             conn = next_conn
         self._count_lease(conn)
         return conn
@@ -951,9 +953,13 @@ class WebSocketPool(Generic[R]):
         return False
 
     async def _wait(
-        self, fresh: bool, deadline: float | None = None, *, first: bool = False
+        self,
+        fresh: bool,
+        deadline: float | None = None,
+        *,
+        ahead: Container[Waiter[R]] | None = None,
     ) -> Conn[R]:
-        """Queue for a connection (at the head when ``first``) until one is handed over.
+        """Queue for a connection until one is handed over (behind ``ahead`` only, if given).
 
         (``pool.connection()`` at a busy pool does the same in its own
         ``__aenter__``, with itself as the waiter.)
@@ -967,7 +973,7 @@ class WebSocketPool(Generic[R]):
         # closed to make room for it, no admission rule refuses it.
         await self._checkpoint_if_cancelled()
         waiter: Waiter[R] = Waiter(fresh)
-        self._enqueue(waiter, deadline, first=first)
+        self._enqueue(waiter, deadline, ahead=ahead)
         try:
             # No cancel scope per waiter: the queue's expiry task fails those
             # whose acquire_timeout ran out. With acquire_timeout=0 the borrower
@@ -980,9 +986,16 @@ class WebSocketPool(Generic[R]):
         return self._served(waiter)
 
     def _enqueue(
-        self, waiter: Waiter[R], deadline: float | None = None, *, first: bool = False
+        self,
+        waiter: Waiter[R],
+        deadline: float | None = None,
+        *,
+        ahead: Container[Waiter[R]] | None = None,
     ) -> None:
-        """Queue ``waiter`` (at the head when ``first``), or refuse it at once.
+        """Queue ``waiter`` (behind ``ahead`` only, if given), or refuse it at once.
+
+        ``ahead``: the waiters that were queued when a borrower that was there
+        before it began (see :meth:`WaiterQueue.add`); it was admitted then.
 
         Raises:
             PoolClosed: the pool is closing.
@@ -996,7 +1009,7 @@ class WebSocketPool(Generic[R]):
         config = self._config
         timeout = config.acquire_timeout
         waiters = self._waiters
-        if self._admission and not first:
+        if self._admission and ahead is None:
             # How many waiters (this one included) no connection being opened,
             # nor room to open one, nor an idle one to close, would serve.
             # (A connection backing off covers a waiter too: at a full pool
@@ -1004,15 +1017,16 @@ class WebSocketPool(Generic[R]):
             for_capacity = (
                 len(waiters) + 1 - self._counts[_CONNECTING] - self._priming - self._room()
             )
-            if for_capacity > 0 and not (fresh and self._idle):
+            if (
+                for_capacity > 0
+                and not (fresh and self._idle)
+                # (Not those cancelled, still queued until their task runs.)
+                and (for_capacity := for_capacity - waiters.leaving()) > 0
+            ):
                 if timeout == 0:
                     self._counters.acquire_timeouts += 1
                     raise self._timeout_error(0.0)
-                if (
-                    not first
-                    and config.max_waiting is not None
-                    and for_capacity > config.max_waiting
-                ):
+                if config.max_waiting is not None and for_capacity > config.max_waiting:
                     self._counters.overloaded += 1
                     raise PoolOverloaded(
                         f"{config.max_waiting} borrowers are already waiting for a connection "
@@ -1031,10 +1045,10 @@ class WebSocketPool(Generic[R]):
             self._quick_hand_off = False
         waiter.deadline = deadline
         waiter.event = self._signal()
-        if waiters and not first:
+        if waiters and ahead is None:
             waiters[waiter] = None  # (WaiterQueue.add's common case, without the call)
         else:
-            waiters.add(waiter, first=first)
+            waiters.add(waiter, ahead=ahead)
         if len(self._conns) < self._capacity or self._paused or self._idle:
             self._grow()  # (at a full pool with nothing to adopt or close: a no-op, skipped)
 
@@ -1072,16 +1086,17 @@ class WebSocketPool(Generic[R]):
             if conn.uses:
                 self._counters.reused -= 1
 
-    def _fail_first(self, error: BaseException) -> None:
-        """Wake the first waiter whose borrower is still there with ``error``."""
+    def _fail_first(self, error: BaseException) -> bool:
+        """Wake the first waiter whose borrower is still there with ``error``; False if none."""
         waiters = self._waiters
         while waiters:
             waiter = waiters.popitem(last=False)[0]
             waiter.error = error
             if wake(waiter.event):
-                return
+                return True
             waiter.error = None
             self._left_unserved()
+        return False
 
     def _served(self, waiter: Waiter[R]) -> Conn[R]:
         """The connection handed to a woken ``waiter``, or its error raised.
@@ -1107,7 +1122,8 @@ class WebSocketPool(Generic[R]):
 
     def _expired(self, waiter: Waiter[R]) -> BaseException:
         """The error of a waiter whose ``acquire_timeout`` ran out."""
-        self._counters.acquire_timeouts += 1
+        if not waiter.event.cancelled():  # (one cancelled meanwhile did not time out)
+            self._counters.acquire_timeouts += 1
         self._left_unserved()
         timeout = self._config.acquire_timeout
         assert timeout is not None
@@ -1330,11 +1346,9 @@ class WebSocketPool(Generic[R]):
         if self._closing:
             return
         self._last_connect_error = error
-        waiters = self._waiters
-        if waiters:
-            self._fail_first(error)
-        else:
-            # Nobody asked for this one (warm-up, replacement): back off before the next.
+        if not self._fail_first(error):
+            # Nobody asked for this one (warm-up, replacement), or its borrower
+            # left meanwhile: back off before the next, and say why it failed.
             self._back_off_background()
             logger.warning(
                 "could not open a connection to %s: %s",
@@ -1616,7 +1630,10 @@ class WebSocketPool(Generic[R]):
         for_waiters -= counts[_CLOSING]
         if shared is not None:
             for_waiters -= shared.freeing_for(self)  # (room the group makes for it)
-        while make_room and for_waiters > 0 and self._idle and waiters and waiters.first().fresh:
+        while make_room and for_waiters > 0 and self._idle and waiters:
+            first = waiters.first_staying()
+            if first is None or not first.fresh:
+                break
             self._retire(next(iter(self._idle)), Reason.MAKE_ROOM)
             for_waiters -= 1
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import anyio
@@ -77,30 +77,42 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
         None if such a waiter comes first (the connection must be closed to make
         room for it); False if nobody needs the connection.
         """
-        for index, waiter in enumerate(self):
+        index = 0
+        for waiter in self:
+            if waiter.event.cancelled():
+                continue  # leaving: it needs nothing
             if not waiter.fresh:
                 return waiter
             if index >= covered:
                 return None
+            index += 1
         return False
 
-    def add(self, waiter: Waiter[R], *, first: bool = False) -> None:
-        """Queue ``waiter`` last, or ``first``: ahead of those who came after it.
+    def first_staying(self) -> Waiter[R] | None:
+        """The first waiter whose borrower was not cancelled, if any."""
+        for waiter in self:
+            if not waiter.event.cancelled():
+                return waiter
+        return None
 
-        ``first`` is for a borrower that was there before it queued (its
-        ``check_on_acquire`` ping failed): it goes ahead of every waiter whose
-        deadline is not earlier than its own, which came after it (or at the
-        same tick of a coarse clock), and behind the others, so that the queue
-        stays in deadline order.
+    def leaving(self) -> int:
+        """How many waiters were cancelled, and are still queued until their task runs."""
+        return sum(1 for waiter in self if waiter.event.cancelled())
+
+    def add(self, waiter: Waiter[R], *, ahead: Container[Waiter[R]] | None = None) -> None:
+        """Queue ``waiter`` last; or, given ``ahead``, behind those only.
+
+        ``ahead`` is for a borrower that was there before it queued (its
+        ``check_on_acquire`` ping failed): the waiters that were queued when it
+        began. It goes behind those still queued and ahead of every waiter that
+        came after it, so that it keeps its place and the queue stays in
+        deadline order.
         """
-        if (first or not self) and self._wakeup is not None:
+        if (ahead is not None or not self) and self._wakeup is not None:
             self._wakeup.set()  # maybe a new head: the expiry task looks at its deadline
         self[waiter] = None
-        if first:
-            deadline = waiter.deadline
-            for later in [
-                other for other in self if other.deadline >= deadline and other is not waiter
-            ]:
+        if ahead is not None:
+            for later in [other for other in self if other not in ahead and other is not waiter]:
                 self.move_to_end(later)
 
     def discard(self, waiter: Waiter[R]) -> bool:

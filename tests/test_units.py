@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import random
 import re
 import traceback
@@ -259,25 +260,35 @@ def test_the_package_stands_on_its_own_docs() -> None:
         assert "SPEC" not in path.read_text(), path.name
 
 
-@given(st.lists(st.floats(0, 100), max_size=12), st.floats(0, 100))
-def test_a_waiter_put_back_first_keeps_the_queue_in_deadline_order(
-    deadlines: list[float], own: float
+@given(st.lists(st.booleans(), max_size=8), st.integers(0, 8), st.booleans())
+def test_a_waiter_put_back_first_keeps_its_place(
+    stayed: list[bool], after: int, endless: bool
 ) -> None:
-    # A borrower whose check_on_acquire ping failed goes back ahead of those who
-    # came after it (a later deadline) and behind the others: the single expiry
-    # task watches only the head, so the queue must stay in deadline order.
+    # A borrower whose check_on_acquire ping failed goes back behind the
+    # waiters that were queued when it began (those still there) and ahead of
+    # every one that came after it: its place, and the queue's deadline order
+    # (the single expiry task watches only the head), whatever the deadlines,
+    # infinite ones (acquire_timeout=None) included.
     from anyio_wspool._waiters import Waiter, WaiterQueue
 
+    clock = iter(range(100))
+
+    def waiter() -> Waiter[object]:
+        new: Waiter[object] = Waiter(fresh=True)
+        new.deadline = math.inf if endless else float(next(clock))
+        return new
+
+    before = [waiter() for _ in stayed]
+    back = waiter()
+    later = [waiter() for _ in range(after)]
     queue: WaiterQueue[object] = WaiterQueue()
-    for deadline in sorted(deadlines):
-        waiter: Waiter[object] = Waiter(fresh=True)
-        waiter.deadline = deadline
-        queue.add(waiter)
-    before = list(queue)
-    back: Waiter[object] = Waiter(fresh=False)
-    back.deadline = own
-    queue.add(back, first=True)
-    order = list(queue)
-    assert [w.deadline for w in order] == sorted(w.deadline for w in order)
-    assert [w for w in order if w is not back] == before  # the others keep their order
-    assert all(w.deadline < own for w in order[: order.index(back)])
+    for one, stays in zip(before, stayed, strict=True):
+        if stays:
+            queue.add(one)
+    for one in later:
+        queue.add(one)
+    queue.add(back, ahead=frozenset(before))
+    expected = [one for one, stays in zip(before, stayed, strict=True) if stays]
+    assert list(queue) == [*expected, back, *later]
+    deadlines = [one.deadline for one in queue]
+    assert deadlines == sorted(deadlines)
