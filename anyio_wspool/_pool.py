@@ -1346,7 +1346,11 @@ class WebSocketPool(Generic[R]):
         if self._closing:
             return
         self._last_connect_error = error
-        if not self._fail_first(error):
+        # The error goes to the first waiter, unless the connections still being
+        # opened are enough for every waiter: then this one was opened for a
+        # borrower who left, and the others wait for theirs.
+        counts = self._counts
+        if self._waiting() <= counts[_CONNECTING] + self._priming or not self._fail_first(error):
             # Nobody asked for this one (warm-up, replacement), or its borrower
             # left meanwhile: back off before the next, and say why it failed.
             self._back_off_background()
@@ -1383,7 +1387,7 @@ class WebSocketPool(Generic[R]):
         gets a connection of its own if capacity allows, or else adopts this
         one, which then tries again at once (see :meth:`_grow`).
         """
-        if not conn.background and self._wanted > len(self._waiters):
+        if not conn.background and self._wanted > self._waiting():
             self._unwant(conn)  # the borrower it was opened for is gone
         self._pausing.add(conn)
         if conn.background:
@@ -1411,7 +1415,7 @@ class WebSocketPool(Generic[R]):
 
     def _left_unserved(self) -> None:
         """A waiter left without a connection: one being opened for it serves nobody now."""
-        if self._wanted > len(self._waiters):
+        if self._wanted > self._waiting():
             for conn in self._pausing:
                 if not conn.background:
                     self._unwant(conn)
@@ -1475,12 +1479,17 @@ class WebSocketPool(Generic[R]):
         counts = self._counts
         connecting = counts[_CONNECTING] + self._priming
         live = connecting + counts[_IDLE] + counts[_LENT] + counts[_DRAINING]
-        for_waiters = len(self._waiters) - connecting + len(self._paused)
+        for_waiters = self._waiting() - connecting + len(self._paused)
         prewarm = max(prewarm, self._prewarm)
         to_prewarm = prewarm - counts[_IDLE] - connecting
         if prewarm and to_prewarm <= 0:
             self._prewarm = 0  # reached
         return for_waiters, max(self._config.min_connections - live, to_prewarm)
+
+    def _waiting(self) -> int:
+        """How many borrowers wait, but for those cancelled (queued until their task runs)."""
+        waiters = self._waiters
+        return len(waiters) - waiters.leaving() if waiters else 0
 
     def _needs(self) -> int:
         """How many connections the pool would start now if capacity allowed (see _grow)."""

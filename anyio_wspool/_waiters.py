@@ -128,8 +128,11 @@ class WaiterQueue(OrderedDict["Waiter[R]", None]):
             wake(waiter.event)
 
     def fail_beyond(self, keep: int, error: Callable[[], BaseException]) -> None:
-        """Wake every waiter but the first ``keep``, each with an error of its own."""
-        waiters = list(self)[keep:]
+        """Wake every waiter but the first ``keep``, each with an error of its own.
+
+        Those cancelled meanwhile are neither kept nor failed: they leave on their own.
+        """
+        waiters = [waiter for waiter in self if not waiter.event.cancelled()][keep:]
         for waiter in waiters:
             del self[waiter]
             waiter.error = error()
