@@ -147,8 +147,8 @@ class _Lease(Waiter[R]):
                     pool._abandon(self)
                     raise
                 conn = self.conn
-                if conn is None:
-                    raise pool._failed(self)
+                if conn is None or pool._closing:
+                    raise pool._not_served(self)
                 # (The lease was counted by the hand-off: see _served.)
                 if pool._lease_watch is not None:
                     pool._lease_watch.add(conn)
@@ -1106,11 +1106,25 @@ class WebSocketPool(Generic[R]):
         and its count folded into the pool's totals, before then.
         """
         conn = waiter.conn
-        if conn is None:
-            raise self._failed(waiter)
+        if conn is None or self._closing:
+            raise self._not_served(waiter)
         if self._lease_watch is not None:
             self._lease_watch.add(conn)
         return conn
+
+    def _not_served(self, waiter: Waiter[R]) -> BaseException:
+        """The error of a woken ``waiter`` that gets no connection (taken from it).
+
+        Its own error; or, if it was handed a connection and the pool closed
+        before its task ran, ``PoolClosed`` like every borrower that was still
+        waiting then (the connection is being closed with the pool).
+        """
+        conn = waiter.conn
+        if conn is None:
+            return self._failed(waiter)
+        waiter.conn = None
+        self._uncount(conn)
+        return PoolClosed("the pool was closed while waiting for a connection")
 
     @staticmethod
     def _failed(waiter: Waiter[R]) -> BaseException:

@@ -11,7 +11,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.abc import TaskGroup
 
-from anyio_wspool import PoolTimeout, open_pool
+from anyio_wspool import PoolClosed, PoolTimeout, open_pool
 
 from ._fake import Connector, Resource
 from ._util import until
@@ -593,3 +593,36 @@ async def test_the_pool_cancellation_check_agrees_with_anyio(
         # And the pool lends as usual afterwards (no cancellation left behind).
         async with pool.connection():
             pass
+
+
+@pytest.mark.parametrize("lease", ["connection", "acquire"])
+async def test_a_borrower_handed_a_connection_as_the_pool_closes_gets_pool_closed(
+    lease: str,
+) -> None:
+    # A connection is handed to the waiting borrower, and the pool closes in
+    # the same step, before the borrower's task runs. It was still waiting
+    # when aclose() began, so it gets PoolClosed like every waiting borrower,
+    # not a connection being closed; its lease is not counted.
+    outcome: list[str] = []
+    async with open_pool(connect=Connector(), max_connections=1) as pool:
+        held = await pool.acquire()
+
+        async def borrower() -> None:
+            try:
+                if lease == "connection":
+                    async with pool.connection():
+                        outcome.append("lent")
+                else:
+                    await pool.acquire()
+                    outcome.append("lent")
+            except PoolClosed:
+                outcome.append("closed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(borrower)
+            await until(lambda: pool.stats.waiting == 1)
+            await pool.release(held)  # handed to the borrower (it has not run yet)
+            assert pool.stats.waiting == 0
+            await pool.aclose()
+    assert outcome == ["closed"]
+    assert pool.stats.acquired == 1

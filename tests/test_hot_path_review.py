@@ -9,13 +9,14 @@ passes since the fix.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from anyio_wspool import PoolError, PoolTimeout, open_pool, open_pool_group
+from anyio_wspool import PoolClosed, PoolError, PoolTimeout, open_pool, open_pool_group
 
 from ._fake import Connector, Resource
 from ._util import until
@@ -246,9 +247,13 @@ async def test_every_lease_granted_is_counted_when_the_pool_closes_right_after_a
     # that lease is lost from stats.acquired (before the counts moved onto the
     # connections, the pool counted a lease in its own counters). Trio orders
     # each batch at random (half the time): 20 rounds.
+    # (Since then, a borrower handed a connection that has not run when the
+    # pool closes gets PoolClosed, as every borrower still waiting then, and
+    # its lease is not counted: see test_generic.py. What this test keeps:
+    # every lease entered is counted, and no other.)
     for _ in range(20):
         granted, counted = await _close_right_after_a_hand_off()
-        assert granted == 2
+        assert granted == 1
         assert counted == granted
 
 
@@ -258,8 +263,9 @@ async def _close_right_after_a_hand_off() -> tuple[int, int]:
     async with open_pool(connect=Connector(), max_connections=1) as pool:
 
         async def waiter() -> None:
-            async with pool.connection() as resource:
-                entered.append(resource)
+            with contextlib.suppress(PoolClosed):
+                async with pool.connection() as resource:
+                    entered.append(resource)
 
         async with anyio.create_task_group() as tg:
             async with pool.connection() as resource:
