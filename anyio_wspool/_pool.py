@@ -1121,18 +1121,13 @@ class WebSocketPool(Generic[R]):
         """
         conn = waiter.conn
         if conn is None:
-            return self._failed(waiter)
+            error = waiter.error
+            assert error is not None
+            waiter.error = None
+            return error
         waiter.conn = None
         self._uncount(conn)
         return PoolClosed("the pool was closed while waiting for a connection")
-
-    @staticmethod
-    def _failed(waiter: Waiter[R]) -> BaseException:
-        """The error a woken ``waiter`` without a connection raises (taken from it)."""
-        error = waiter.error
-        assert error is not None
-        waiter.error = None
-        return error
 
     def _expired(self, waiter: Waiter[R]) -> BaseException:
         """The error of a waiter whose ``acquire_timeout`` ran out."""
@@ -1217,11 +1212,7 @@ class WebSocketPool(Generic[R]):
             reason = self._unfit(conn)
         else:
             reason = None
-        if (
-            reason is None
-            and len(self._conns) > self._capacity
-            and len(self._conns) - self._counts[_CLOSING] > self._capacity
-        ):
+        if reason is None and len(self._conns) - self._counts[_CLOSING] > self._capacity:
             # Over a capacity lowered since it was lent (those already closing
             # hold their token until closed, but they are not kept).
             reason = Reason.RESIZED
@@ -1388,10 +1379,14 @@ class WebSocketPool(Generic[R]):
         )
 
     def _prepared(self, conn: Conn[R]) -> None:
+        self._primed(conn)
+        self._put_back(conn)
+
+    def _primed(self, conn: Conn[R]) -> None:
+        """``conn`` no longer counts as being opened, if it did (see :meth:`_connected`)."""
         if conn.priming:
             conn.priming = False
             self._priming -= 1
-        self._put_back(conn)
 
     async def _pause(self, conn: Conn[R], delay: float) -> None:
         """A connection backs off ``delay`` seconds before its next attempt.
@@ -1680,9 +1675,7 @@ class WebSocketPool(Generic[R]):
             # Released, maybe with messages its borrower never read: they are
             # drained like any other, not dropped unseen with the connection.
             self._connector.park(conn.resource, self._drained)
-            if conn.priming:
-                conn.priming = False
-                self._priming -= 1
+            self._primed(conn)
         if conn.scope is not None:
             # Stop what is being done for it: connecting, backing off, a hook,
             # the drain, a check_on_acquire ping.

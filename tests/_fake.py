@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pytest
 
 
 class Resource:
@@ -47,3 +49,10 @@ class Connector:
             assert anyio.get_current_task().id == resource.owner_task
             resource.closed = True
             self.closed.append(resource)
+
+
+async def enter_in(lease: AbstractAsyncContextManager[Any], scope: anyio.CancelScope) -> None:
+    """Enter ``lease`` in ``scope``, which the test cancels: it must lend nothing."""
+    with scope:
+        async with lease:
+            pytest.fail("lent a connection to a cancelled borrower")

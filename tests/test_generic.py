@@ -13,7 +13,7 @@ from anyio.abc import TaskGroup
 
 from anyio_wspool import PoolClosed, PoolTimeout, open_pool
 
-from ._fake import Connector, Resource
+from ._fake import Connector, Resource, enter_in
 from ._util import until
 
 pytestmark = pytest.mark.anyio
@@ -381,7 +381,7 @@ async def test_a_connection_block_object_is_usable_again_after_a_cancelled_wait(
         async with anyio.create_task_group() as tg:
             await _queue_behind(pool, holder, tg)
             scope = anyio.CancelScope()
-            tg.start_soon(_enter_in, lease, scope)  # a busy pool: it queues itself
+            tg.start_soon(enter_in, lease, scope)  # a busy pool: it queues itself
             await until(lambda: pool.stats.waiting == 2)
             scope.cancel()
             await until(lambda: pool.stats.waiting == 1)
@@ -390,12 +390,6 @@ async def test_a_connection_block_object_is_usable_again_after_a_cancelled_wait(
         async with lease as resource:
             assert resource is holder
         assert pool.stats.in_use == 0
-
-
-async def _enter_in(lease: AbstractAsyncContextManager[Resource], scope: anyio.CancelScope) -> None:
-    with scope:
-        async with lease:
-            pytest.fail("lent a connection to a cancelled borrower")
 
 
 async def test_lease_counters_keep_the_leases_of_closed_connections() -> None:

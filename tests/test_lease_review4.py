@@ -22,7 +22,7 @@ import pytest
 
 from anyio_wspool import PoolUnavailable, open_pool, open_pool_group
 
-from ._fake import Connector, Resource
+from ._fake import Connector, Resource, enter_in
 from ._util import until
 from ._wsserver import serve_ws
 
@@ -72,14 +72,9 @@ async def test_raising_max_connections_opens_no_connection_for_a_cancelled_waite
     async with open_pool(connect=connector, max_connections=1) as pool:
         scope = anyio.CancelScope()
 
-        async def waiter() -> None:
-            with scope:
-                async with pool.connection():
-                    pytest.fail("lent a connection to a cancelled waiter")
-
         async with anyio.create_task_group() as tg:
             async with pool.connection():
-                tg.start_soon(waiter)
+                tg.start_soon(enter_in, pool.connection(), scope)
                 await until(lambda: pool.stats.waiting == 1)
                 scope.cancel()  # the only waiter leaves ...
                 pool.max_connections = 2  # ... and, in the same step, room is made
@@ -104,13 +99,8 @@ async def test_a_new_borrower_takes_the_connection_being_opened_for_a_cancelled_
     async with open_pool(connect=connector, max_connections=2) as pool:
         scope = anyio.CancelScope()
 
-        async def waiter() -> None:
-            with scope:
-                async with pool.connection():
-                    pytest.fail("lent a connection to a cancelled waiter")
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter)
+            tg.start_soon(enter_in, pool.connection(), scope)
             await until(lambda: len(connector.gates) == 1 and pool.stats.waiting == 1)
             scope.cancel()  # W leaves ...
             connector.gates[0].set()  # (C1 opens as soon as its task runs)
@@ -168,13 +158,8 @@ async def test_make_room_closes_no_idle_connection_for_a_cancelled_new_borrower(
         await pool.release(y)  # both idle; X has waited longest
         scope = anyio.CancelScope()
 
-        async def fresh() -> None:
-            with scope:
-                async with pool.new_connection():
-                    pytest.fail("lent a connection to a cancelled waiter")
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(fresh)
+            tg.start_soon(enter_in, pool.new_connection(), scope)
             await until(lambda: pool.stats.waiting == 1 and pool.stats.closing == 1)
             assert connector.close_gate is not None
             assert pool.stats.idle == 1
@@ -226,15 +211,10 @@ async def test_the_circuit_breaker_does_not_refuse_a_borrower_for_a_cancelled_wa
             except ConnectionRefusedError as error:
                 errors.append(error)
 
-        async def second() -> None:
-            with scope:
-                async with pool.connection():
-                    pytest.fail("lent a connection to a cancelled waiter")
-
         async with anyio.create_task_group() as tg:
             tg.start_soon(first)
             await until(lambda: len(connector.gates) == 1)
-            tg.start_soon(second)
+            tg.start_soon(enter_in, pool.connection(), scope)
             await until(lambda: len(connector.gates) == 2 and pool.stats.waiting == 2)
             connector.gates[0].set()  # C1 fails: the circuit opens; C2 is in flight
             await until(lambda: bool(errors) and pool.stats.closing == 0)
@@ -289,11 +269,6 @@ async def test_the_circuit_breaker_does_not_count_a_cancelled_waiter_as_unavaila
             except ConnectionRefusedError as error:
                 errors.append(error)
 
-        async def second() -> None:
-            with scope:
-                async with pool.connection():
-                    pytest.fail("lent a connection to a cancelled waiter")
-
         async with anyio.create_task_group() as tg:
             tg.start_soon(hold)
             await until(lambda: len(connector.gates) == 1)
@@ -302,7 +277,7 @@ async def test_the_circuit_breaker_does_not_count_a_cancelled_waiter_as_unavaila
             tg.start_soon(first)
             await until(lambda: len(connector.gates) == 2)
             pool.max_connections = 1  # (the pool stays full once C1 has failed)
-            tg.start_soon(second)
+            tg.start_soon(enter_in, pool.connection(), scope)
             await until(lambda: pool.stats.waiting == 2)
             connector.gates[1].set()  # C1 fails: the circuit opens; W waits for `held`
             await until(lambda: bool(errors) and pool.stats.closing == 0)
@@ -333,14 +308,9 @@ async def test_a_group_closes_no_idle_connection_for_a_key_whose_waiter_was_canc
     async with serve_ws() as a, serve_ws() as b, open_pool_group(max_connections=1) as group:
         scope = anyio.CancelScope()
 
-        async def waiter() -> None:
-            with scope:
-                async with group.connection(b.url):
-                    pytest.fail("lent a connection to a cancelled waiter")
-
         async with anyio.create_task_group() as tg:
             async with group.connection(a.url) as ws:
-                tg.start_soon(waiter)
+                tg.start_soon(enter_in, group.connection(b.url), scope)
                 await until(lambda: b.url in group.pools and group.pools[b.url].stats.waiting == 1)
                 scope.cancel()  # B's only waiter leaves ...
             # ... and, in the same step, A's connection comes back idle.
@@ -375,11 +345,6 @@ async def test_a_cancelled_waiters_connect_error_does_not_fail_the_next_borrower
     async with open_pool(connect=connector, max_connections=2, connect_attempts=1) as pool:
         scope = anyio.CancelScope()
 
-        async def first() -> None:
-            with scope:
-                async with pool.connection():
-                    pytest.fail("lent a connection to a cancelled waiter")
-
         async def second() -> None:
             try:
                 async with pool.connection() as resource:
@@ -388,7 +353,7 @@ async def test_a_cancelled_waiters_connect_error_does_not_fail_the_next_borrower
                 failed.append(error)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(first)
+            tg.start_soon(enter_in, pool.connection(), scope)
             await until(lambda: len(connector.gates) == 1)
             tg.start_soon(second)
             await until(lambda: len(connector.gates) == 2 and pool.stats.waiting == 2)
