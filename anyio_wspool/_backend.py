@@ -9,8 +9,8 @@ event loop from the moment it is entered, so it binds these once:
 * the backend's clock: trio's own ``current_time`` (so that trio's
   ``MockClock`` still drives every deadline), the asyncio loop's ``time``;
 * the backend's cancellation check, the one anyio's own primitives make before
-  they take something or wait (on asyncio, a quicker test in front of it: see
-  :func:`_asyncio_checkpoint_if_cancelled`);
+  they take something or wait (on asyncio, behind a synchronous test, so that
+  the common case makes no coroutine: see :func:`_asyncio_cancel_check`);
 * the cheapest one-shot wake-up the backend offers, for a waiting borrower: a
   bare future on asyncio (``anyio.Event`` wraps an ``asyncio.Event``, which
   makes a future of its own for each wait), the parked task itself on trio.
@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from typing import Any, Protocol
 
 import anyio.lowlevel
@@ -78,18 +80,21 @@ def wake(signal: Signal) -> bool:
 class Backend:
     """The running backend's clock, cancellation check and wake-up, bound once."""
 
-    __slots__ = ("checkpoint_if_cancelled", "now", "signal")
+    __slots__ = ("cancel_check", "now", "signal")
 
     def __init__(
         self,
         now: Callable[[], float],
-        checkpoint_if_cancelled: Callable[[], Awaitable[None]],
+        cancel_check: Callable[[], Awaitable[None] | None],
         signal: Callable[[], Signal],
     ) -> None:
         #: the current time on the backend's clock
         self.now = now
-        #: raise the cancellation of an enclosing cancelled scope, else return at once
-        self.checkpoint_if_cancelled = checkpoint_if_cancelled
+        #: the cancellation check: an awaitable that raises the cancellation of
+        #: an enclosing cancelled scope (else returns at once), or None when a
+        #: synchronous test found that no such scope was cancelled (so that the
+        #: common case makes no coroutine): ``if (c := check()) is not None: await c``
+        self.cancel_check = cancel_check
         #: a new one-shot wake-up
         self.signal = signal
 
@@ -105,7 +110,7 @@ def bind() -> Backend:
         default_clock = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
         now = time.monotonic if default_clock else loop.time
         signal: Callable[[], Signal] = loop.create_future
-        check = _asyncio_checkpoint_if_cancelled(loop, token.backend_class.checkpoint_if_cancelled)
+        check = _asyncio_cancel_check(loop, token.backend_class.checkpoint_if_cancelled)
         return Backend(now, check, signal)
     import trio  # the only other backend anyio runs on; imported only when running
 
@@ -164,54 +169,70 @@ def _trio_signal() -> Any:
     return TrioSignal
 
 
-def _asyncio_checkpoint_if_cancelled(
+def _asyncio_cancel_check(
     loop: asyncio.AbstractEventLoop, checkpoint_if_cancelled: Callable[[], Awaitable[None]]
-) -> Callable[[], Awaitable[None]]:
-    """anyio's ``checkpoint_if_cancelled`` on asyncio, behind a quicker test.
+) -> Callable[[], Awaitable[None] | None]:
+    """anyio's ``checkpoint_if_cancelled`` on asyncio, behind a synchronous test.
 
     Every lease makes this check, and on asyncio anyio's own costs about a
     microsecond, as much as the rest of a hand-off: ``asyncio.current_task()``
-    without a loop (on Python 3.11 a system call, to check the process id),
-    then a ``WeakKeyDictionary`` lookup and property calls up the task's cancel
-    scopes. The test below walks the same scopes, reading the fields those
-    properties return, with the current task of the pool's own loop; only when
-    an enclosing scope was cancelled does it call anyio's check, which raises
-    the cancellation as anyio does. It reads anyio's private state, so it is
-    used only if that state is what it expects when the pool opens; otherwise
-    anyio's check is used as it is (the tests check that the two agree).
+    without a loop (on Python 3.11 a system call, to check the process id), a
+    ``WeakKeyDictionary`` lookup (a Python call), property calls up the task's
+    cancel scopes, all in a coroutine of its own. The function returned walks
+    the same scopes, reading the fields those properties return, from the
+    current task of the pool's own loop, with no Python call on its way; it
+    returns None when no enclosing scope was cancelled, and otherwise anyio's
+    check, for the caller to await (it raises the cancellation as anyio does).
+
+    It reads anyio's and asyncio's private state (the task of a loop, the
+    states of anyio's tasks, a scope's flags and parent), so it is used only if
+    that state is what it expects when the pool opens; otherwise anyio's check
+    is returned as it is (the tests check that the two agree, and that this
+    one is in use).
     """
     try:
         from anyio._backends._asyncio import _task_states
 
-        current_task = asyncio.current_task
-        task = current_task(loop)
-        # What the test reads, as it must be: the innermost scope of the task,
-        # its flags, its parent.
+        task = asyncio.current_task(loop)
+        # asyncio.current_task() is a Python function on Python 3.11 (a dict
+        # lookup by loop): the lookup itself, bound to the loop, if it agrees.
+        running: dict[Any, Any] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+        current: Callable[[], Any] = partial(running.get, loop)
+        if current() is not task:
+            current = partial(asyncio.current_task, loop)
+        # The dict under the WeakKeyDictionary, keyed by weak references.
+        states: dict[Any, Any] = _task_states.data  # type: ignore[attr-defined]
         probe: Any
         with anyio.CancelScope() as probe:  # noqa: ASYNC100 (entered to be looked at)
-            innermost: Any = _task_states[task].cancel_scope  # type: ignore[index]
+            state: Any = states.get(weakref.ref(task))
+            expected: Any = _task_states.get(task)  # type: ignore[arg-type]
             usable = (
-                probe._cancel_called is False
+                state is expected
+                and state.cancel_scope is probe
+                and probe._cancel_called is False
                 and probe._shield is False
                 and hasattr(probe, "_parent_scope")
-                and innermost is probe
             )
     except Exception:
         usable = False
     if not usable:
         return checkpoint_if_cancelled  # (anyio changed: its own check, as it is)
+    ref = weakref.ref
 
-    async def quick_checkpoint_if_cancelled() -> None:
+    def cancel_check() -> Awaitable[None] | None:
         try:
-            scope: Any = _task_states[current_task(loop)].cancel_scope  # type: ignore[index]
-        except KeyError:
-            return  # a task that entered no cancel scope of anyio's
+            state = states.get(ref(current()))
+        except TypeError:  # no current task (a coroutine run by hand): nothing to check
+            return None
+        if state is None:
+            return None  # a task that entered no cancel scope of anyio's
+        scope: Any = state.cancel_scope
         while scope is not None:
             if scope._cancel_called:
-                await checkpoint_if_cancelled()  # (raises, as anyio raises it)
-                return
+                return checkpoint_if_cancelled()
             if scope._shield:
-                return
+                return None
             scope = scope._parent_scope
+        return None
 
-    return quick_checkpoint_if_cancelled
+    return cancel_check

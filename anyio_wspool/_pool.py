@@ -131,7 +131,8 @@ class _Lease(Waiter[R]):
                 # few microseconds, and each call on its way shows.
                 if pool._closing:
                     pool._check_open()
-                await pool._checkpoint_if_cancelled()  # (as _wait does)
+                if (check := pool._cancel_check()) is not None:  # (as _wait does)
+                    await check
                 timeout = pool._config.acquire_timeout
                 # (Bound callables kept as attributes: read as such, since a call
                 # written as a method call is not specialised for them.)
@@ -156,7 +157,8 @@ class _Lease(Waiter[R]):
                 # An idle connection: _acquire's common case, written out too.
                 # Like anyio's own primitives, a cancelled borrower takes
                 # nothing even when it would not have to wait.
-                await pool._checkpoint_if_cancelled()
+                if (check := pool._cancel_check()) is not None:
+                    await check
                 conn = pool._take_idle()
                 if conn is None:  # (every idle one was unfit)
                     conn = await pool._wait(False)
@@ -203,7 +205,7 @@ class _Lease(Waiter[R]):
                 # connection: the next lease begins at once.
                 conn.lease += 2
                 conn.uses += 1
-                waiter = waiters.popitem(last=False)[0]
+                waiter = waiters.popitem(False)[0]  # (last=False, given by position: cheaper)
                 waiter.conn = conn
                 try:
                     waiter.event.set_result(None)
@@ -413,7 +415,7 @@ class WebSocketPool(Generic[R]):
         #: the lending path's clock, cancellation check and wake-ups, bound to
         #: the running backend when the pool is entered (see _backend.py)
         self._now: Callable[[], float] = anyio.current_time
-        self._checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
+        self._cancel_check: Callable[[], Awaitable[None] | None] = (
             anyio.lowlevel.checkpoint_if_cancelled
         )
         self._signal: Callable[[], Signal] = _not_open
@@ -661,7 +663,7 @@ class WebSocketPool(Generic[R]):
         self._event_class = type(anyio.Event())
         backend = bind()
         self._now = backend.now
-        self._checkpoint_if_cancelled = backend.checkpoint_if_cancelled
+        self._cancel_check = backend.cancel_check
         self._signal = backend.signal
         if self._config.lease_warning is not None:
             self._lease_watch = LeaseWatch(
@@ -843,7 +845,8 @@ class WebSocketPool(Generic[R]):
             return await self._wait(fresh)  # (which checks for cancellation)
         # Like anyio's own primitives: a cancelled borrower takes nothing, even
         # when it would not have to wait. (No yield when not cancelled.)
-        await self._checkpoint_if_cancelled()
+        if (check := self._cancel_check()) is not None:
+            await check
         conn = self._take_idle()
         if conn is None:
             return await self._wait(fresh)
@@ -971,7 +974,8 @@ class WebSocketPool(Generic[R]):
         # Like anyio's own primitives, a cancelled borrower takes nothing, and
         # it leaves no trace: no connection is opened for it, no idle one is
         # closed to make room for it, no admission rule refuses it.
-        await self._checkpoint_if_cancelled()
+        if (check := self._cancel_check()) is not None:
+            await check
         waiter: Waiter[R] = Waiter(fresh)
         self._enqueue(waiter, deadline, ahead=ahead)
         try:
@@ -1090,7 +1094,7 @@ class WebSocketPool(Generic[R]):
         """Wake the first waiter whose borrower is still there with ``error``; False if none."""
         waiters = self._waiters
         while waiters:
-            waiter = waiters.popitem(last=False)[0]
+            waiter = waiters.popitem(False)[0]  # (last=False, given by position: cheaper)
             waiter.error = error
             if wake(waiter.event):
                 return True
@@ -1251,7 +1255,7 @@ class WebSocketPool(Generic[R]):
                 else:
                     self._lend(conn)
                 # The first waiter (inline: the hot path of a busy pool).
-                waiter = waiters.popitem(last=False)[0]
+                waiter = waiters.popitem(False)[0]  # (last=False, given by position: cheaper)
             # The lease is counted by the hand-off, not by its borrower once it
             # runs: the connection may be closed, and its count folded into the
             # pool's totals, before then.

@@ -576,14 +576,26 @@ async def test_the_pool_cancellation_check_agrees_with_anyio(
     # asyncio it is a quicker test in front of anyio's own (which it reads
     # anyio's state for): it must raise exactly where anyio's raises.
     async with open_pool(connect=Connector()) as pool:
-        check = pool._checkpoint_if_cancelled
+        cancel_check = pool._cancel_check
         if anyio_backend_name == "asyncio":
-            assert check.__name__ == "quick_checkpoint_if_cancelled", (
+            assert cancel_check.__name__ == "cancel_check", (
                 "anyio's asyncio state is not what the quick check reads: it fell back to "
                 "anyio's own check (correct, but a microsecond more a lease)"
             )
+        synchronous: list[bool] = []
+
+        async def check() -> None:
+            # As the pool makes it: await the check only if the test returned one.
+            awaitable = cancel_check()
+            synchronous.append(awaitable is None)
+            if awaitable is not None:
+                await awaitable
+
         assert await _raises_at(anyio.lowlevel.checkpoint_if_cancelled, shape) is raises
         assert await _raises_at(check, shape) is raises
+        if anyio_backend_name == "asyncio":
+            # The quick test answers alone exactly when there is nothing to raise.
+            assert synchronous == [not raises]
         # And the pool lends as usual afterwards (no cancellation left behind).
         async with pool.connection():
             pass
