@@ -1246,19 +1246,29 @@ async def _hand_off_cost(
     """Seconds per lease when ``waiting`` borrowers queue for one resource.
 
     The main task holds the resource until every borrower is queued, so that
-    the clock starts with ``waiting`` waiters; each borrower then takes
-    ``ops // waiting`` leases in turn, yielding once inside each, and the clock
-    stops at the last give-back (task teardown is not counted).
+    the clock starts with ``waiting`` waiters; the borrowers then take leases
+    in turn, yielding once inside each, and the clock stops at the give-back
+    of lease number ``ops`` (rounded down to a multiple of ``waiting``). No
+    borrower ends before then: each takes one more lease afterwards, untimed,
+    and leaves. (Were each to leave after its share, the clock would also
+    count the end of ``waiting`` tasks, one every other lease at 10,000
+    waiters and one in 2,000 at 10: a cost of the task group, not of the
+    hand-off, that would pass for growth with the queue's length.)
     """
-    per_task = max(1, ops // waiting)
+    timed = max(1, ops // waiting) * waiting
+    done = 0
     last = 0.0
 
     async def borrower() -> None:
-        nonlocal last
-        for _ in range(per_task):
+        nonlocal done, last
+        while True:
             async with lease():
+                if done >= timed:
+                    return  # (the clock has stopped)
                 await anyio.lowlevel.checkpoint()
-        last = max(last, time.perf_counter())
+            done += 1
+            if done == timed:
+                last = time.perf_counter()
 
     await hold()
     with anyio.fail_after(CONTENDER_TIME_LIMIT):
@@ -1269,7 +1279,7 @@ async def _hand_off_cost(
             gc.collect()
             start = time.perf_counter()
             await release()
-    return (last - start) / (per_task * waiting)
+    return (last - start) / timed
 
 
 async def pool_wait_cost(waiting: int, ops: int) -> float:
@@ -1338,12 +1348,12 @@ async def scenario_scale(ctx: Context) -> None:
     gives back a connection while N are idle. *waiting N*: N borrowers queue
     for a single connection and take it in turn (one scheduling point inside
     each lease, so every lease is a hand-off to a waiter); the clock starts
-    with all N queued. *growth* is the cost at the largest size ÷ the cost at
-    the smallest (target ≤ 1.2: nothing on the hot path loops over connections
-    or waiters); its ratio to the floor's growth separates what the pool adds
-    from what 10,000 live tasks cost the runtime itself (cache misses, garbage
-    collection), which the floor, an `anyio.CapacityLimiter` with its O(1)
-    queue, pays as well.
+    with all N queued and stops before any of them ends. *growth* is the cost
+    at the largest size ÷ the cost at the smallest (target ≤ 1.2: nothing on
+    the hot path loops over connections or waiters); its ratio to the floor's
+    growth separates what the pool adds from what 10,000 live tasks cost the
+    runtime itself (cache misses, garbage collection), which the floor, an
+    `anyio.CapacityLimiter` with its O(1) queue, pays as well.
     """
     sizes = ctx.sizes
     costs: dict[tuple[str, str, str], float] = {}
