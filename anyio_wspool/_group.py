@@ -293,7 +293,10 @@ class WebSocketPoolGroup(Generic[R]):
             ValueError: ``key`` was used before with another URI.
             PoolClosed: the group is closed.
         """
-        self._check_open()
+        if self._closing or not self._entered:
+            # A cancelled caller is cancelled first, as at a closed pool.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            self._check_open()
         given = key is not None
         if key is None:
             key = str(uri)

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Container
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, Unpack, overload
 
 import anyio
 import anyio.lowlevel
@@ -129,10 +129,10 @@ class _Lease(Waiter[R]):
                 # breaker or on_event concerns, written out so that the wait
                 # is this one coroutine: around a fast client a lease is a
                 # few microseconds, and each call on its way shows.
-                if pool._closing:
-                    pool._check_open()
                 if (check := pool._cancel_check()) is not None:  # (as _wait does)
                     await check
+                if pool._closing:
+                    pool._check_open()
                 timeout = pool._config.acquire_timeout
                 # (Bound callables kept as attributes: read as such, since a call
                 # written as a method call is not specialised for them.)
@@ -567,7 +567,8 @@ class WebSocketPool(Generic[R]):
             PoolClosed: the pool is or got closed.
         """
         limit = check_seconds("timeout", timeout, allow_none=True, allow_zero=True)
-        self._check_open()
+        if self._closing or not self._entered:
+            await self._refuse()
         with anyio.move_on_after(math.inf if limit is None else limit):
             while self._open_count() < min(self._config.min_connections, self.max_connections):
                 if self._state_waiter is None:
@@ -827,6 +828,19 @@ class WebSocketPool(Generic[R]):
 
     # -- lending --------------------------------------------------------------------
 
+    async def _refuse(self) -> NoReturn:
+        """Refuse a borrower at a pool that is not open: ``PoolClosed``.
+
+        Unless the borrower was cancelled: like anyio's own primitives (a closed
+        stream's ``receive()``), the pool checks for cancellation first, so that
+        a borrower cancelled as the pool closes, a worker of a task group being
+        shut down, ends cancelled, not with an error.
+        """
+        if (check := self._cancel_check()) is not None:
+            await check
+        self._check_open()
+        raise AssertionError("unreachable: the pool is not open")
+
     def _check_open(self) -> None:
         if self._closing or not self._entered:
             raise PoolClosed(
@@ -837,7 +851,7 @@ class WebSocketPool(Generic[R]):
 
     async def _acquire(self, fresh: bool) -> Conn[R]:
         if self._closing or not self._entered:
-            self._check_open()
+            await self._refuse()
         # Idle connections while borrowers wait: every one of those asked for
         # a new connection (a plain one would have been handed an idle one),
         # so a plain borrower passes nobody by taking one.
