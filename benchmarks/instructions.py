@@ -111,7 +111,9 @@ class _FifoBlock:
 
     The least a lease with the pool's shape can do: one object and one
     coroutine a lease, a future for a waiter, the item handed to the first
-    waiter on exit. No cancellation check, no deadline, no bookkeeping.
+    waiter on exit. No cancellation check, no deadline, no bookkeeping. (The
+    hand-off of ``_scenarios.FifoQueue``, written out in the block: calling
+    its ``get()`` would add a second coroutine a lease.)
     """
 
     __slots__ = ("_item", "_queue")

@@ -20,7 +20,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from anyio_wspool import PoolUnavailable, open_pool, open_pool_group
+from anyio_wspool import PoolUnavailable, WebSocketPool, open_pool, open_pool_group
 
 from ._fake import Connector, Resource, enter_in
 from ._util import until
@@ -53,6 +53,15 @@ class GatedConnector:
         finally:
             resource.closed = True
             self.closed.append(resource)
+
+
+async def _refused(pool: WebSocketPool[Resource], errors: list[BaseException]) -> None:
+    """A borrower whose connection fails to open: its error goes to ``errors``."""
+    try:
+        async with pool.connection():
+            pytest.fail("lent a connection that failed to open")
+    except ConnectionRefusedError as error:
+        errors.append(error)
 
 
 # -- _demand / _grow count a cancelled waiter ---------------------------------------------
@@ -204,15 +213,8 @@ async def test_the_circuit_breaker_does_not_refuse_a_borrower_for_a_cancelled_wa
         errors: list[BaseException] = []
         scope = anyio.CancelScope()
 
-        async def first() -> None:
-            try:
-                async with pool.connection():
-                    pytest.fail("lent a connection that failed to open")
-            except ConnectionRefusedError as error:
-                errors.append(error)
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(first)
+            tg.start_soon(_refused, pool, errors)
             await until(lambda: len(connector.gates) == 1)
             tg.start_soon(enter_in, pool.connection(), scope)
             await until(lambda: len(connector.gates) == 2 and pool.stats.waiting == 2)
@@ -262,19 +264,12 @@ async def test_the_circuit_breaker_does_not_count_a_cancelled_waiter_as_unavaila
         async def hold() -> None:
             held.append(await pool.acquire())
 
-        async def first() -> None:
-            try:
-                async with pool.connection():
-                    pytest.fail("lent a connection that failed to open")
-            except ConnectionRefusedError as error:
-                errors.append(error)
-
         async with anyio.create_task_group() as tg:
             tg.start_soon(hold)
             await until(lambda: len(connector.gates) == 1)
             connector.gates[0].set()
             await until(lambda: bool(held))
-            tg.start_soon(first)
+            tg.start_soon(_refused, pool, errors)
             await until(lambda: len(connector.gates) == 2)
             pool.max_connections = 1  # (the pool stays full once C1 has failed)
             tg.start_soon(enter_in, pool.connection(), scope)

@@ -10,7 +10,7 @@ came out of a task group being shut down as an ``ExceptionGroup``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import anyio
@@ -26,19 +26,14 @@ pytestmark = pytest.mark.anyio
 UNUSED = "ws://127.0.0.1:9/never"  # a group refuses before it would connect
 
 
-async def _enter(pool: WebSocketPool[Any]) -> None:
-    async with pool.connection():
-        pytest.fail("a closed pool lent a connection")
-
-
-async def _enter_new(pool: WebSocketPool[Any]) -> None:
-    async with pool.new_connection():
+async def _enter(lease: AbstractAsyncContextManager[object]) -> None:
+    async with lease:
         pytest.fail("a closed pool lent a connection")
 
 
 BORROWS: dict[str, Callable[[WebSocketPool[Any]], Awaitable[object]]] = {
-    "connection": _enter,
-    "new_connection": _enter_new,
+    "connection": lambda pool: _enter(pool.connection()),
+    "new_connection": lambda pool: _enter(pool.new_connection()),
     "acquire": lambda pool: pool.acquire(),
     "acquire_new": lambda pool: pool.acquire_new(),
     "wait_ready": lambda pool: pool.wait_ready(1),
